@@ -1,0 +1,64 @@
+//! `mesh-demo`: the demo application the mesh carries, one binary with a role per subcommand.
+//!
+//! - `mesh-demo backend`: serves `mesh.demo.v1.Backend`.
+//! - `mesh-demo frontend`: serves `mesh.demo.v1.Frontend`; each call calls the backend.
+//!
+//! Both serve plaintext h2c and `grpc.health.v1`, and know nothing about the mesh: they take
+//! their listen address and the address to call from flags or `DEMO_*` variables. With
+//! `--register` a role registers itself in etcd through `mesh-registry` (before the proxy does
+//! that for it), which exercises the registry end to end.
+
+use clap::{Parser, Subcommand};
+use mesh_registry::cli::parse_or_exit;
+
+mod backend;
+mod frontend;
+mod registration;
+mod serve;
+
+/// The mesh's demo application.
+#[derive(Parser, Debug)]
+#[command(name = "mesh-demo", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Serve mesh.demo.v1.Backend.
+    Backend(backend::Args),
+    /// Serve mesh.demo.v1.Frontend, calling the backend for each request.
+    Frontend(frontend::Args),
+}
+
+fn main() {
+    let cli: Cli = parse_or_exit();
+    mesh_registry::cli::init_logging("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.role {
+            Role::Backend(args) => backend::run(args).await,
+            Role::Frontend(args) => frontend::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,95 @@
+//! `meshctl`, the operator's CLI: what is registered, where, and whether the registry is healthy.
+//!
+//! Exit codes: 0 success; 1 the command ran and found a problem (etcd unreachable, check
+//! failed); 64 bad command line.
+
+use clap::{Parser, Subcommand};
+use mesh_registry::ServiceName;
+use mesh_registry::cli::{EtcdArgs, parse_or_exit};
+
+mod check;
+mod endpoints;
+mod output;
+mod services;
+
+use output::Format;
+
+/// Inspect and operate the mesh.
+#[derive(Parser, Debug)]
+#[command(name = "meshctl", version, about)]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Output format.
+    #[arg(long, short = 'o', env = "MESH_OUTPUT", value_enum, default_value = "table", global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List services and how many instances each has.
+    Services,
+    /// List one service's instances: address, labels, weight, lease TTL remaining.
+    Endpoints {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Check that etcd is reachable and the mesh prefix readable.
+    Check,
+}
+
+/// A failure that ends the command with exit code 1.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(
+        "cannot reach etcd at {endpoints}: {source}\nhint: is etcd running there? Point --etcd-endpoints (or MESH_ETCD_ENDPOINTS) at its client URL"
+    )]
+    Unreachable { endpoints: String, source: etcd_client::Error },
+    #[error("{0}")]
+    Connect(#[from] mesh_registry::etcd::ConnectError),
+    #[error("check failed")]
+    CheckFailed,
+}
+
+fn main() {
+    let cli: Cli = parse_or_exit();
+    mesh_registry::cli::init_logging("error");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        if !matches!(error, Error::CheckFailed) {
+            eprintln!("error: {error}");
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let config = cli.etcd.config();
+    let mut client = config.connect().await?;
+    let layout = &cli.etcd.prefix;
+    let unreachable = |source| Error::Unreachable { endpoints: config.endpoints_display(), source };
+    match cli.command {
+        Command::Services => services::run(&mut client, layout, cli.output).await.map_err(unreachable),
+        Command::Endpoints { service } => {
+            endpoints::run(&mut client, layout, &service, cli.output).await.map_err(unreachable)
+        }
+        Command::Check => check::run(&mut client, &config, layout, cli.output).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,17 @@
+//! The mesh's protobuf contracts, compiled to tonic code.
+//!
+//! Every package is versioned (`mesh.<area>.v<N>`); fields are never renumbered, and removed
+//! fields stay `reserved`. The `.proto` sources live next to this crate under `mesh/`.
+//!
+//! # Structure
+//! - [`demo::v1`]: the demo application's `Frontend` and `Backend` services.
+
+#![allow(unreachable_pub, missing_debug_implementations)]
+
+/// The demo application's API.
+pub mod demo {
+    /// Version 1 of the demo API.
+    pub mod v1 {
+        tonic::include_proto!("mesh.demo.v1");
+    }
+}

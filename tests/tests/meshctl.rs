@@ -1,0 +1,81 @@
+//! `meshctl` against running and stopped etcd: clear output, clear failures, right exit codes.
+
+#![allow(clippy::unwrap_used)] // Tests may panic on the unexpected.
+
+use std::time::{Duration, Instant};
+
+use mesh_tests::demo::Backend;
+use mesh_tests::etcd::Etcd;
+use mesh_tests::eventually;
+use mesh_tests::process::run;
+
+#[tokio::test]
+async fn check_against_a_stopped_etcd_exits_non_zero_and_says_what_to_do() {
+    let mut etcd = Etcd::start().await;
+    let ep = etcd.endpoint();
+    etcd.kill();
+
+    let started = Instant::now();
+    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &ep, "check"]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "check took {:?}", started.elapsed());
+    assert!(err.contains(&format!("cannot reach etcd at {ep}")), "{err}");
+    assert!(err.contains("MESH_ETCD_ENDPOINTS"), "the message says how to fix it: {err}");
+
+    let (code, _, err) = run("meshctl", &["--etcd-endpoints", &ep, "services"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach etcd"), "{err}");
+}
+
+#[tokio::test]
+async fn check_services_and_endpoints_against_a_running_etcd() {
+    let etcd = Etcd::start().await;
+    let ep = etcd.endpoint();
+    let backends = [Backend::start(&ep, "be-1"), Backend::start(&ep, "be-2")];
+    eventually("both registered", Duration::from_secs(10), || async {
+        (etcd.keys_with_leases("/mesh/v1/services/").await.len() == 2).then_some(())
+    })
+    .await;
+
+    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &ep, "check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok   etcd-reachable") && out.contains("ok   records-valid"), "{out}");
+
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "-o", "json", "services"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["services"], serde_json::json!([{ "name": "backend", "instances": 2 }]));
+
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "endpoints", "backend"]);
+    assert_eq!(code, 0);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["INSTANCE", "ADDRESS", "LABELS", "WEIGHT", "LEASE-TTL", "STARTED"]);
+    for b in &backends {
+        let row = out.lines().find(|l| l.starts_with(&b.id)).unwrap_or_else(|| panic!("{} missing: {out}", b.id));
+        assert!(row.contains(&b.listen) && row.contains("version=v1,zone=a"), "{row}");
+    }
+
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "-o", "json", "endpoints", "backend"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for e in json["endpoints"].as_array().unwrap() {
+        let ttl = e["lease_ttl_seconds"].as_i64().unwrap();
+        assert!((1..=3).contains(&ttl), "lease TTL remaining {ttl}");
+    }
+}
+
+#[test]
+fn a_bad_setting_fails_with_one_line_naming_it() {
+    let (code, _, err) = run("meshctl", &["--etcd-request-timeout", "soon", "check"]);
+    assert_eq!(code, 64);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--etcd-request-timeout"), "{err}");
+
+    let (code, _, err) = run("meshctl", &["--etcd-prefix", "mesh/", "check"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--etcd-prefix"), "{err}");
+
+    let (code, _, err) = run("meshctl", &["endpoints", "Not_A_Service"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("invalid service name"), "{err}");
+}
