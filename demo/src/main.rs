@@ -2,6 +2,7 @@
 //!
 //! - `mesh-demo backend`: serves `mesh.demo.v1.Backend`.
 //! - `mesh-demo frontend`: serves `mesh.demo.v1.Frontend`; each call calls the backend.
+//! - `mesh-demo echo`: serves `mesh.demo.v1.Echo`, every call shape, for tests and benchmarks.
 //!
 //! Both serve plaintext h2c and `grpc.health.v1`, and know nothing about the mesh: they take
 //! their listen address and the address to call from flags or `DEMO_*` variables. With
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 use mesh_registry::cli::parse_or_exit;
 
 mod backend;
+mod echo;
 mod frontend;
 mod registration;
 mod serve;
@@ -30,6 +32,8 @@ enum Role {
     Backend(backend::Args),
     /// Serve mesh.demo.v1.Frontend, calling the backend for each request.
     Frontend(frontend::Args),
+    /// Serve mesh.demo.v1.Echo, the test and benchmark service.
+    Echo(echo::Args),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         match cli.role {
             Role::Backend(args) => backend::run(args).await,
             Role::Frontend(args) => frontend::run(args).await,
+            Role::Echo(args) => echo::run(args).await,
         }
     });
     if let Err(e) = result {

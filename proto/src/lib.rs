@@ -4,7 +4,8 @@
 //! fields stay `reserved`. The `.proto` sources live next to this crate under `mesh/`.
 //!
 //! # Structure
-//! - [`demo::v1`]: the demo application's `Frontend` and `Backend` services.
+//! - [`demo::v1`]: the demo application's `Frontend` and `Backend` services, and `Echo`, the test
+//!   and benchmark service.
 
 #![allow(unreachable_pub, missing_debug_implementations)]
 

@@ -62,34 +62,40 @@ pub struct EtcdArgs {
     )]
     pub endpoints: Vec<String>,
     /// Key prefix under which the mesh keeps everything.
-    #[arg(long = "etcd-prefix", env = "MESH_ETCD_PREFIX", default_value = crate::layout::DEFAULT_PREFIX)]
+    #[arg(id = "etcd_prefix", long = "etcd-prefix", env = "MESH_ETCD_PREFIX", default_value = crate::layout::DEFAULT_PREFIX)]
     pub prefix: Layout,
     /// Bound on connecting to an etcd member.
-    #[arg(long = "etcd-connect-timeout", env = "MESH_ETCD_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration, value_name = "DURATION")]
+    #[arg(id = "etcd_connect_timeout", long = "etcd-connect-timeout", env = "MESH_ETCD_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
     /// Bound on each etcd request.
-    #[arg(long = "etcd-request-timeout", env = "MESH_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    #[arg(id = "etcd_request_timeout", long = "etcd-request-timeout", env = "MESH_ETCD_REQUEST_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
     pub request_timeout: Duration,
     /// HTTP/2 keepalive interval to etcd.
-    #[arg(long = "etcd-keepalive-interval", env = "MESH_ETCD_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(id = "etcd_keepalive_interval", long = "etcd-keepalive-interval", env = "MESH_ETCD_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     pub keepalive_interval: Duration,
     /// HTTP/2 keepalive timeout to etcd.
-    #[arg(long = "etcd-keepalive-timeout", env = "MESH_ETCD_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    #[arg(id = "etcd_keepalive_timeout", long = "etcd-keepalive-timeout", env = "MESH_ETCD_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
     pub keepalive_timeout: Duration,
     /// CA bundle for etcd's TLS client port (turns TLS on).
-    #[arg(long = "etcd-ca-file", env = "MESH_ETCD_CA_FILE")]
+    #[arg(id = "etcd_ca_file", long = "etcd-ca-file", env = "MESH_ETCD_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate for etcd (with --etcd-key-file).
-    #[arg(long = "etcd-cert-file", env = "MESH_ETCD_CERT_FILE", requires = "key_file")]
+    #[arg(id = "etcd_cert_file", long = "etcd-cert-file", env = "MESH_ETCD_CERT_FILE", requires = "etcd_key_file")]
     pub cert_file: Option<PathBuf>,
     /// Client key for etcd (with --etcd-cert-file).
-    #[arg(long = "etcd-key-file", env = "MESH_ETCD_KEY_FILE", requires = "cert_file")]
+    #[arg(id = "etcd_key_file", long = "etcd-key-file", env = "MESH_ETCD_KEY_FILE", requires = "etcd_cert_file")]
     pub key_file: Option<PathBuf>,
     /// etcd user, if etcd has auth enabled (with MESH_ETCD_PASSWORD).
-    #[arg(long = "etcd-username", env = "MESH_ETCD_USERNAME", requires = "password")]
+    #[arg(id = "etcd_username", long = "etcd-username", env = "MESH_ETCD_USERNAME", requires = "etcd_password")]
     pub username: Option<String>,
     /// etcd password.
-    #[arg(long = "etcd-password", env = "MESH_ETCD_PASSWORD", hide_env_values = true, requires = "username")]
+    #[arg(
+        id = "etcd_password",
+        long = "etcd-password",
+        env = "MESH_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_username"
+    )]
     pub password: Option<String>,
 }
 

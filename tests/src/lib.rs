@@ -9,7 +9,10 @@
 
 pub mod demo;
 pub mod etcd;
+pub mod load;
+pub mod mesh;
 pub mod process;
+pub mod raw;
 
 use std::future::Future;
 use std::net::TcpListener;

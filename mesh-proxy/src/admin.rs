@@ -1,0 +1,65 @@
+//! The admin server: `/live` (the process runs), `/ready` (registered and serving), `/metrics`
+//! (Prometheus text). HTTP/1.1, loopback by default.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+
+/// What the admin server reports.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub(crate) ready: AtomicBool,
+    pub(crate) registry: prometheus::Registry,
+}
+
+type Body = http_body_util::Full<Bytes>;
+
+/// Serves the admin endpoints until the process exits.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let response = respond(req.uri().path(), &state);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+fn respond(path: &str, state: &AdminState) -> Response<Body> {
+    let (status, body, content_type) = match path {
+        "/live" => (StatusCode::OK, Bytes::from_static(b"live\n"), "text/plain"),
+        "/ready" if state.ready.load(Ordering::Acquire) => {
+            (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
+        }
+        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"not ready\n"), "text/plain"),
+        "/metrics" => {
+            let mut buf = Vec::new();
+            let encoder = TextEncoder::new();
+            match encoder.encode(&state.registry.gather(), &mut buf) {
+                Ok(()) => (StatusCode::OK, Bytes::from(buf), "text/plain; version=0.0.4"),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(e.to_string()), "text/plain"),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found: try /live, /ready, /metrics\n"), "text/plain"),
+    };
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = status;
+    if let Ok(ct) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    }
+    response
+}

@@ -1,0 +1,96 @@
+//! The response body the proxy returns: the peer's body streamed through frame by frame (data,
+//! then trailers), never buffered, observed on the way to record the request's gRPC status and
+//! latency once it ends. A proxy-made error has no body at all (trailers-only).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::balance::InFlight;
+use crate::metrics::{Recorder, grpc_status_label};
+
+/// A streamed response body, recorded when it ends.
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    inner: Option<Incoming>,
+    recorder: Option<Recorder>,
+    /// The status known so far: from trailers-only headers, or from trailers once seen.
+    status: Option<&'static str>,
+    /// Keeps the request counted as in flight on its endpoint until the response ends.
+    _in_flight: Option<InFlight>,
+}
+
+impl ResponseBody {
+    /// No body: the headers end the stream.
+    pub(crate) fn empty() -> Self {
+        Self { inner: None, recorder: None, status: None, _in_flight: None }
+    }
+
+    /// `inner`, recorded by `recorder` when it ends. `headers` are the response headers (a
+    /// trailers-only response carries its `grpc-status` there).
+    pub(crate) fn observed(inner: Incoming, headers: &http::HeaderMap, recorder: Recorder) -> Self {
+        let status = headers.get("grpc-status").map(|v| grpc_status_label(v.as_bytes()));
+        Self { inner: Some(inner), recorder: Some(recorder), status, _in_flight: None }
+    }
+
+    /// Keeps `in_flight` alive as long as the body.
+    pub(crate) fn holding(mut self, in_flight: InFlight) -> Self {
+        self._in_flight = Some(in_flight);
+        self
+    }
+
+    fn finish(&mut self, status: &'static str) {
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish(status);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.status = trailers.get("grpc-status").map(|v| grpc_status_label(v.as_bytes()));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => {
+                this.finish("reset");
+                Poll::Ready(Some(Err(error)))
+            }
+            None => {
+                let status = this.status.unwrap_or("none");
+                this.finish(status);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: a trailers-only response (its status was in the headers), or
+        // the caller went away mid-stream.
+        let status = self.status.unwrap_or("CANCELLED");
+        self.finish(status);
+    }
+}

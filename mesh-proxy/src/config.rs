@@ -1,0 +1,249 @@
+//! The proxy's configuration: every setting a flag and a `MESH_<NAME>` variable, parsed once into
+//! typed values. Anything that does not parse stops the proxy with one line naming the setting.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_registry::cli::{EtcdArgs, LeaseArgs, duration};
+use mesh_registry::{Address, EtcdConfig, InstanceId, Layout, RegistrationConfig, ServiceName};
+
+/// Command-line flags and environment.
+#[derive(clap::Parser, Debug)]
+#[command(name = "mesh-proxy", version, about = "The mesh's sidecar proxy.")]
+pub struct Args {
+    /// This instance's service name.
+    #[arg(long, env = "MESH_SERVICE")]
+    service: ServiceName,
+    /// This instance's id (default: host name and pid).
+    #[arg(long = "instance-id", env = "MESH_INSTANCE_ID")]
+    instance_id: Option<InstanceId>,
+    /// The local application, serving h2c.
+    #[arg(long = "app-addr", env = "MESH_APP_ADDR", default_value = "127.0.0.1:8080")]
+    app_addr: SocketAddr,
+    /// Where peers' proxies connect.
+    #[arg(long = "inbound-addr", env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    inbound_addr: SocketAddr,
+    /// Where the local application sends its outgoing calls (h2c).
+    #[arg(long = "outbound-addr", env = "MESH_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    outbound_addr: SocketAddr,
+    /// `/live`, `/ready` and `/metrics`.
+    #[arg(long = "admin-addr", env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
+    admin_addr: SocketAddr,
+    /// What peers dial to reach this instance (default: the inbound address, if not a wildcard).
+    #[arg(long = "advertise-addr", env = "MESH_ADVERTISE_ADDR")]
+    advertise_addr: Option<Address>,
+    /// Labels to register with, `key=value,...` (e.g. `version=v1,zone=a`).
+    #[arg(long, env = "MESH_LABELS", default_value = "", value_parser = mesh_registry::record::parse_labels)]
+    labels: std::collections::BTreeMap<String, String>,
+    /// Relative share of traffic this instance should get (0-10000).
+    #[arg(long, env = "MESH_WEIGHT", default_value_t = mesh_registry::record::DEFAULT_WEIGHT)]
+    weight: u32,
+    /// Runtime worker threads.
+    #[arg(long, env = "MESH_WORKERS", default_value_t = 2)]
+    workers: usize,
+    /// Bound on connecting to a peer or to the app.
+    #[arg(long = "connect-timeout", env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration, value_name = "DURATION")]
+    connect_timeout: Duration,
+    /// How long a call waits for a ready endpoint before failing with UNAVAILABLE.
+    #[arg(long = "fail-fast-timeout", env = "MESH_FAIL_FAST_TIMEOUT", default_value = "3s", value_parser = duration, value_name = "DURATION")]
+    fail_fast_timeout: Duration,
+    /// On shutdown, how long to wait after deregistering for peers to notice.
+    #[arg(long = "deregister-wait", env = "MESH_DEREGISTER_WAIT", default_value = "2s", value_parser = duration, value_name = "DURATION")]
+    deregister_wait: Duration,
+    /// On shutdown, how long in-flight streams may take to finish after GOAWAY.
+    #[arg(long = "drain-timeout", env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    drain_timeout: Duration,
+    /// A service's discovery watch is dropped after this long unused.
+    #[arg(long = "discovery-idle-timeout", env = "MESH_DISCOVERY_IDLE_TIMEOUT", default_value = "5m", value_parser = duration, value_name = "DURATION")]
+    discovery_idle_timeout: Duration,
+    /// Peak-EWMA decay time.
+    #[arg(long = "ewma-decay", env = "MESH_EWMA_DECAY", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    ewma_decay: Duration,
+    /// Peak-EWMA starting latency for a new endpoint.
+    #[arg(long = "ewma-default-rtt", env = "MESH_EWMA_DEFAULT_RTT", default_value = "30ms", value_parser = duration, value_name = "DURATION")]
+    ewma_default_rtt: Duration,
+    /// Most connections each listener holds open at once.
+    #[arg(long = "max-connections", env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// HTTP/2 max concurrent streams per connection from the local app (outbound listener).
+    #[arg(long = "outbound-max-streams", env = "MESH_OUTBOUND_MAX_STREAMS", default_value_t = 100)]
+    outbound_max_streams: u32,
+    /// HTTP/2 max concurrent streams per connection from peers (inbound listener).
+    #[arg(long = "inbound-max-streams", env = "MESH_INBOUND_MAX_STREAMS", default_value_t = 1000)]
+    inbound_max_streams: u32,
+    /// HTTP/2 max header list size, bytes.
+    #[arg(long = "max-header-list-size", env = "MESH_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024)]
+    max_header_list_size: u32,
+    /// HTTP/2 connection flow-control window, bytes.
+    #[arg(long = "connection-window", env = "MESH_CONNECTION_WINDOW", default_value_t = 1024 * 1024)]
+    connection_window: u32,
+    /// HTTP/2 stream flow-control window, bytes.
+    #[arg(long = "stream-window", env = "MESH_STREAM_WINDOW", default_value_t = 256 * 1024)]
+    stream_window: u32,
+    /// Connections that send nothing (no frames, no PING answers) for this long are closed.
+    #[arg(long = "idle-timeout", env = "MESH_IDLE_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+    /// Bound on a new connection's HTTP/2 preface and SETTINGS exchange.
+    #[arg(long = "handshake-timeout", env = "MESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    handshake_timeout: Duration,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+/// HTTP/2 server limits, set explicitly on every listener.
+#[derive(Clone, Copy, Debug)]
+pub struct H2Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub max_header_list_size: u32,
+    /// Connection-level window.
+    pub connection_window: u32,
+    /// Stream-level window.
+    pub stream_window: u32,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// PING interval; a peer that does not answer within it is dropped.
+    pub idle_timeout: Duration,
+    /// Bound on the preface and first SETTINGS.
+    pub handshake_timeout: Duration,
+}
+
+/// The proxy's typed configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This instance's service.
+    pub service: ServiceName,
+    /// This instance's id.
+    pub instance_id: InstanceId,
+    /// The local app.
+    pub app_addr: SocketAddr,
+    /// Inbound listener.
+    pub inbound_addr: SocketAddr,
+    /// Outbound listener.
+    pub outbound_addr: SocketAddr,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// What peers dial.
+    pub advertise_addr: Address,
+    /// Registration labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Registration weight.
+    pub weight: u32,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Connect bound.
+    pub connect_timeout: Duration,
+    /// Wait bound for a ready endpoint.
+    pub fail_fast_timeout: Duration,
+    /// Wait after deregistering.
+    pub deregister_wait: Duration,
+    /// Drain bound after GOAWAY.
+    pub drain_timeout: Duration,
+    /// Idle discovery eviction.
+    pub discovery_idle_timeout: Duration,
+    /// Peak-EWMA decay.
+    pub ewma_decay: Duration,
+    /// Peak-EWMA initial RTT.
+    pub ewma_default_rtt: Duration,
+    /// Outbound listener limits.
+    pub outbound_limits: H2Limits,
+    /// Inbound listener limits.
+    pub inbound_limits: H2Limits,
+    /// etcd connection.
+    pub etcd: EtcdConfig,
+    /// Key layout.
+    pub layout: Layout,
+    /// Lease timing.
+    pub lease: RegistrationConfig,
+}
+
+impl Args {
+    /// Checks relations between settings and builds the typed config.
+    pub fn into_config(self) -> Result<Config, String> {
+        if self.workers == 0 || self.workers > 64 {
+            return Err(format!("--workers (MESH_WORKERS) must be 1-64, got {}", self.workers));
+        }
+        if self.weight > mesh_registry::record::MAX_WEIGHT {
+            return Err(format!("--weight (MESH_WEIGHT) must be 0-{}", mesh_registry::record::MAX_WEIGHT));
+        }
+        let lease = self.lease.config().map_err(|e| format!("--lease-ttl/--lease-keepalive-interval: {e}"))?;
+        let advertise_addr = match self.advertise_addr {
+            Some(a) => a,
+            None if self.inbound_addr.ip().is_unspecified() => {
+                return Err(format!(
+                    "--advertise-addr (MESH_ADVERTISE_ADDR) is required: the inbound address {} is a wildcard peers cannot dial",
+                    self.inbound_addr
+                ));
+            }
+            None => self.inbound_addr.to_string().parse().map_err(|e| format!("--inbound-addr: {e}"))?,
+        };
+        let limits = |max_concurrent_streams| H2Limits {
+            max_concurrent_streams,
+            max_header_list_size: self.max_header_list_size,
+            connection_window: self.connection_window,
+            stream_window: self.stream_window,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+        };
+        Ok(Config {
+            instance_id: self.instance_id.unwrap_or_else(|| {
+                let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+                InstanceId::for_this_process(&host)
+            }),
+            service: self.service,
+            app_addr: self.app_addr,
+            inbound_addr: self.inbound_addr,
+            outbound_addr: self.outbound_addr,
+            admin_addr: self.admin_addr,
+            advertise_addr,
+            labels: self.labels,
+            weight: self.weight,
+            workers: self.workers,
+            connect_timeout: self.connect_timeout,
+            fail_fast_timeout: self.fail_fast_timeout,
+            deregister_wait: self.deregister_wait,
+            drain_timeout: self.drain_timeout,
+            discovery_idle_timeout: self.discovery_idle_timeout,
+            ewma_decay: self.ewma_decay,
+            ewma_default_rtt: self.ewma_default_rtt,
+            outbound_limits: limits(self.outbound_max_streams),
+            inbound_limits: limits(self.inbound_max_streams),
+            etcd: self.etcd.config(),
+            layout: self.etcd.prefix,
+            lease,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Args;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn advertise_address_defaults_to_a_specific_inbound_address() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["mesh-proxy", "--service", "orders"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
+        };
+        let c = parse(&["--inbound-addr", "127.0.0.2:4143"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.advertise_addr.to_string(), "127.0.0.2:4143");
+        let err = parse(&[]).err().unwrap_or_default();
+        assert!(err.contains("MESH_ADVERTISE_ADDR"), "a wildcard inbound address is not dialable: {err}");
+        let c = parse(&["--advertise-addr", "orders-1:4143"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.advertise_addr.to_string(), "orders-1:4143");
+        assert!(parse(&["--workers", "0"]).is_err());
+        assert!(parse(&["--lease-ttl", "2s", "--lease-keepalive-interval", "3s"]).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Errors the proxy itself answers with. Each is a real gRPC status with a stable reason, so a
+//! caller can act on it: the gRPC code in `grpc-status`, a message in `grpc-message` that starts
+//! with `mesh:` and names what failed, and the machine-readable reason in `mesh-error`.
+//! Non-gRPC callers get the matching HTTP status with the same header and message.
+
+use http::{HeaderValue, Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tonic::Code;
+
+use crate::body::ResponseBody;
+
+/// A failure the proxy answers itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// `:authority` does not name a service.
+    #[error(
+        "mesh: cannot route: authority {0:?} does not name a service (use <service>, <service>:<port> or <service>.mesh)"
+    )]
+    BadAuthority(String),
+    /// The service has no registered instances (after waiting the fail-fast timeout).
+    #[error("mesh: no endpoints for service {0:?}: no instance is registered")]
+    NoEndpoints(String),
+    /// Instances are registered but none could be reached.
+    #[error("mesh: no ready endpoint for service {service:?}: {registered} registered, none reachable")]
+    NoReadyEndpoint { service: String, registered: usize },
+    /// Discovery has no state for the service (etcd unreachable since the first use).
+    #[error("mesh: service discovery unavailable for {0:?}: etcd unreachable and nothing cached")]
+    DiscoveryUnavailable(String),
+    /// The caller's `grpc-timeout` ran out while the proxy waited (for an endpoint, or for the
+    /// response headers).
+    #[error("mesh: deadline exceeded waiting for {waiting_for} of {service:?}")]
+    DeadlineExceeded { service: String, waiting_for: &'static str },
+    /// The chosen endpoint failed after the request was sent.
+    #[error("mesh: upstream {service:?} instance {instance} at {addr} failed: {cause}")]
+    UpstreamFailed { service: String, instance: String, addr: String, cause: String },
+    /// The local application could not be reached.
+    #[error("mesh: local application at {addr} unreachable: {cause}")]
+    AppUnavailable { addr: String, cause: String },
+    /// The proxy already tracks as many services as it may.
+    #[error("mesh: too many services in use (limit {0})")]
+    TooManyServices(usize),
+}
+
+impl ProxyError {
+    /// The stable reason, also the `reason` label of `mesh_proxy_errors_total`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::BadAuthority(_) => "bad_authority",
+            Self::NoEndpoints(_) => "no_endpoints",
+            Self::NoReadyEndpoint { .. } => "no_ready_endpoint",
+            Self::DiscoveryUnavailable(_) => "discovery_unavailable",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::AppUnavailable { .. } => "app_unavailable",
+            Self::TooManyServices(_) => "too_many_services",
+        }
+    }
+
+    /// The gRPC status code.
+    pub(crate) fn code(&self) -> Code {
+        match self {
+            Self::BadAuthority(_) => Code::InvalidArgument,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::TooManyServices(_) => Code::ResourceExhausted,
+            _ => Code::Unavailable,
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self.code() {
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The response: trailers-only gRPC for gRPC callers, an HTTP status otherwise.
+    pub(crate) fn into_response(self, grpc: bool) -> Response<ResponseBody> {
+        /// Characters percent-encoded in `grpc-message` (the gRPC spec's set).
+        const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+        let message = self.to_string();
+        let mut response = Response::new(ResponseBody::empty());
+        if !grpc {
+            *response.status_mut() = self.http_status();
+        }
+        let headers = response.headers_mut();
+        headers.insert("mesh-error", HeaderValue::from_static(self.reason()));
+        if grpc {
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from(self.code() as i32));
+            let encoded = utf8_percent_encode(&message, GRPC_MESSAGE).to_string();
+            if let Ok(v) = HeaderValue::from_str(&encoded) {
+                headers.insert("grpc-message", v);
+            }
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
+                headers.insert("mesh-error-message", v);
+            }
+        }
+        response
+    }
+}
+
+/// Whether a request is gRPC (so errors are answered as gRPC statuses).
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_a_stable_reason() {
+        let resp = ProxyError::NoEndpoints("orders".into()).into_response(true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["mesh-error"], "no_endpoints");
+        let message = resp.headers()["grpc-message"].to_str().unwrap_or_default();
+        assert!(message.contains("orders"), "{message}");
+        assert!(http_body::Body::is_end_stream(resp.body()));
+
+        let resp =
+            ProxyError::DeadlineExceeded { service: "orders".into(), waiting_for: "an endpoint" }.into_response(false);
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}

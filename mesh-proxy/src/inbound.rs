@@ -1,0 +1,56 @@
+//! The inbound request path: a call from a peer's proxy to the local app.
+//!
+//! ```text
+//! peer proxy --(transport: plaintext today, mTLS next)--> inbound listener
+//!            -> local app (one multiplexed h2c connection)
+//! ```
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh_registry::ServiceName;
+
+use crate::body::ResponseBody;
+use crate::client::{H2Client, SendError};
+use crate::errors::{ProxyError, is_grpc};
+use crate::headers::{CLIENT_SERVICE, strip_hop_by_hop};
+use crate::metrics::{Direction, ProxyMetrics};
+
+/// The inbound side of the proxy.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) app: H2Client,
+    pub(crate) metrics: Arc<ProxyMetrics>,
+    pub(crate) local: ServiceName,
+}
+
+impl Inbound {
+    pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let grpc = is_grpc(&req);
+        let method = self.metrics.method_label(req.uri().path());
+        let source = req
+            .headers()
+            .get(CLIENT_SERVICE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<ServiceName>().ok())
+            .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        let recorder = self.metrics.start(Direction::Inbound, &source, self.local.as_str(), method);
+        strip_hop_by_hop(req.headers_mut());
+
+        let cause = match self.app.send(req).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let body = ResponseBody::observed(body, &parts.headers, recorder);
+                return Response::from_parts(parts, body);
+            }
+            Err(SendError::NotSent(_, cause)) => cause,
+            Err(SendError::Failed(error)) => error.to_string(),
+        };
+        let error = ProxyError::AppUnavailable { addr: self.app.addr().to_string(), cause };
+        tracing::warn!(%error, "inbound call failed in the proxy");
+        self.metrics.proxy_errors.with_label_values(&[Direction::Inbound.as_str(), error.reason()]).inc();
+        recorder.finish(crate::metrics::grpc_status_label((error.code() as i32).to_string().as_bytes()));
+        error.into_response(grpc)
+    }
+}

@@ -1,0 +1,227 @@
+//! `mesh-proxy`, the mesh's sidecar: it sits beside one instance of a service and carries all of
+//! its HTTP/2 and gRPC traffic.
+//!
+//! ```text
+//!            outbound (127.0.0.1:4140, h2c)                       inbound (0.0.0.0:4143)
+//!  app ─────▶ route by :authority ─▶ balance per request ─────▶ peer proxy ─▶ peer app
+//!  app ◀───── (responses, trailers and resets streamed back) ◀──
+//! ```
+//!
+//! Streams are forwarded frame by frame with hyper: headers, data and trailers pass through,
+//! bodies are never decoded or buffered whole, flow control and cancellation (RST_STREAM) carry
+//! across both hops.
+//!
+//! # Structure
+//! - [`config`]: every setting, typed.
+//! - `listen`: accept loop, HTTP/2 server limits, graceful drain; `transport`: the seam where
+//!   mutual TLS will plug in (plaintext today).
+//! - `outbound` / `inbound`: the two request paths, each read top to bottom.
+//! - `discovery` (watch per service in use) -> `balance` (P2C over peak-EWMA) -> `client` (one
+//!   multiplexed connection per endpoint).
+//! - `errors`: proxy-made gRPC statuses with stable reasons; `metrics`, `body`: telemetry;
+//!   `admin`: `/live`, `/ready`, `/metrics`; `ready`: the local app's readiness probe.
+
+mod admin;
+mod authority;
+mod balance;
+mod body;
+mod client;
+pub mod config;
+mod discovery;
+mod errors;
+mod headers;
+mod inbound;
+mod listen;
+mod metrics;
+mod outbound;
+mod ready;
+mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_registry::{InstanceRecord, Registration};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::balance::{Balancer, BalancerSettings};
+use crate::client::{ClientSettings, H2Client};
+use crate::config::Config;
+use crate::metrics::Direction;
+use crate::transport::{Acceptor, Connector};
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// etcd settings could not be used.
+    #[error(transparent)]
+    Etcd(#[from] mesh_registry::etcd::ConnectError),
+    /// Metrics could not be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
+}
+
+/// Runs the proxy until SIGTERM or Ctrl-C, then shuts down in order: deregister, wait for peers
+/// to notice, GOAWAY, drain, exit.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let registry = prometheus::Registry::new();
+    let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(&registry)?);
+    let registry_metrics = Arc::new(mesh_registry::Metrics::new());
+    registry_metrics.register(&registry)?;
+    let admin_state = Arc::new(admin::AdminState { ready: false.into(), registry });
+
+    // Listeners first: a bad address fails the start, before anything is registered.
+    let admin_listener = bind(config.admin_addr, "admin").await?;
+    let outbound_listener = bind(config.outbound_addr, "outbound").await?;
+    let inbound_listener = bind(config.inbound_addr, "inbound").await?;
+    tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+
+    let etcd = config.etcd.connect().await?;
+    let client_settings = ClientSettings {
+        connection_window: config.outbound_limits.connection_window,
+        stream_window: config.outbound_limits.stream_window,
+        max_header_list_size: config.outbound_limits.max_header_list_size,
+        keepalive: config.outbound_limits.idle_timeout,
+    };
+    let connector = Connector::plaintext(config.connect_timeout);
+    let balancer_settings = BalancerSettings { decay: config.ewma_decay, default_rtt: config.ewma_default_rtt };
+    let new_balancer = {
+        let connector = connector.clone();
+        Box::new(move || Balancer::new(connector.clone(), client_settings, balancer_settings))
+    };
+    let discovery = discovery::Discovery::new(
+        etcd.clone(),
+        config.layout.clone(),
+        registry_metrics.clone(),
+        proxy_metrics.clone(),
+        new_balancer,
+        config.discovery_idle_timeout,
+    );
+    let outbound = Arc::new(outbound::Outbound {
+        discovery,
+        metrics: proxy_metrics.clone(),
+        local: config.service.clone(),
+        fail_fast: config.fail_fast_timeout,
+    });
+    let app_addr: mesh_registry::Address = config.app_addr.to_string().parse().map_err(|e| Error::Bind {
+        addr: config.app_addr,
+        what: "app",
+        source: std::io::Error::other(e),
+    })?;
+    let inbound = Arc::new(inbound::Inbound {
+        app: H2Client::new(app_addr, Connector::plaintext(config.connect_timeout), client_settings),
+        metrics: proxy_metrics.clone(),
+        local: config.service.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let outbound_listener = listen::Listener {
+        listener: outbound_listener,
+        direction: Direction::Outbound,
+        limits: config.outbound_limits,
+        acceptor: Acceptor::plaintext(config.outbound_limits.handshake_timeout),
+        metrics: proxy_metrics.clone(),
+        drain: config.drain_timeout,
+    };
+    let inbound_listener = listen::Listener {
+        listener: inbound_listener,
+        direction: Direction::Inbound,
+        limits: config.inbound_limits,
+        acceptor: Acceptor::plaintext(config.inbound_limits.handshake_timeout),
+        metrics: proxy_metrics.clone(),
+        drain: config.drain_timeout,
+    };
+    let outbound_server =
+        tokio::spawn(listen::serve(outbound_listener, move |req| outbound.clone().handle(req), stop_rx.clone()));
+    let inbound_server = tokio::spawn(listen::serve(inbound_listener, move |req| inbound.clone().handle(req), stop_rx));
+    tracing::info!(
+        service = %config.service,
+        instance = %config.instance_id,
+        outbound = %config.outbound_addr,
+        inbound = %config.inbound_addr,
+        admin = %config.admin_addr,
+        app = %config.app_addr,
+        "listening"
+    );
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let registration = tokio::select! {
+        registration = register_when_app_ready(&config, etcd, registry_metrics) => Some(registration),
+        _ = &mut shutdown => None,
+    };
+    if let Some(registration) = &registration {
+        registration.registered().await;
+        admin_state.ready.store(true, Ordering::Release);
+        tracing::info!(key = registration.key(), "ready");
+        shutdown.await;
+    }
+
+    tracing::info!("shutting down: deregistering");
+    admin_state.ready.store(false, Ordering::Release);
+    if let Some(registration) = registration {
+        registration.deregister().await;
+        // Peers keep routing here until the removal reaches their watch.
+        tokio::time::sleep(config.deregister_wait).await;
+    }
+    tracing::info!("shutting down: draining");
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(outbound_server, inbound_server);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits until the local app answers, then registers this instance.
+async fn register_when_app_ready(
+    config: &Config,
+    etcd: etcd_client::Client,
+    metrics: Arc<mesh_registry::Metrics>,
+) -> Registration {
+    let mut last_log = tokio::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        match ready::probe(config.app_addr, Duration::from_secs(1)).await {
+            ready::AppState::Ready => break,
+            ready::AppState::NotReady(why) => {
+                if last_log.elapsed() >= Duration::from_secs(5) {
+                    tracing::info!(app = %config.app_addr, %why, "waiting for the local app before registering");
+                    last_log = tokio::time::Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let mut record =
+        InstanceRecord::new(config.service.clone(), config.instance_id.clone(), config.advertise_addr.clone());
+    record.labels = config.labels.clone();
+    record.weight = config.weight;
+    Registration::start(etcd, &config.layout, record, config.lease, metrics)
+}
+
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

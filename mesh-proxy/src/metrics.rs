@@ -1,0 +1,215 @@
+//! The proxy's metrics, all in one place. Names follow the brief (`mesh_` prefix, `_total`,
+//! `_seconds`); every label set is closed: directions and gRPC codes are fixed lists, service
+//! names come from the registry (bounded by the services in use), and gRPC methods are capped
+//! per process (the rest count as `other`, and the overflow is itself counted).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Most distinct `grpc_method` label values.
+pub(crate) const MAX_METHODS: usize = 256;
+
+/// Which listener a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// From a peer proxy to the local app.
+    Inbound,
+    /// From the local app to another service.
+    Outbound,
+}
+
+impl Direction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub(crate) struct ProxyMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    pub(crate) proxy_errors: IntCounterVec,
+    pub(crate) open_connections: IntGaugeVec,
+    pub(crate) connections: IntCounterVec,
+    pub(crate) connection_errors: IntCounterVec,
+    pub(crate) limit_hits: IntCounterVec,
+    pub(crate) endpoints: IntGaugeVec,
+    pub(crate) retries: IntCounterVec,
+    label_overflow: IntCounter,
+    methods: Mutex<HashSet<String>>,
+}
+
+const REQUEST_LABELS: [&str; 5] = ["direction", "src_service", "dst_service", "grpc_method", "grpc_status"];
+
+impl ProxyMetrics {
+    pub(crate) fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mesh_request_duration_seconds",
+                "Request latency through the proxy, to the end of the response.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &REQUEST_LABELS,
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        let label_overflow = IntCounter::new(
+            "mesh_metric_label_overflow_total",
+            "Requests whose gRPC method was recorded as `other` because the method label limit was reached.",
+        )?;
+        registry.register(Box::new(label_overflow.clone()))?;
+        Ok(Self {
+            requests: counter("mesh_requests_total", "Requests through the proxy, by outcome.", &REQUEST_LABELS)?,
+            duration,
+            proxy_errors: counter(
+                "mesh_proxy_errors_total",
+                "Requests the proxy answered itself, by stable reason.",
+                &["direction", "reason"],
+            )?,
+            open_connections: gauge(
+                "mesh_open_connections",
+                "Open connections accepted by the proxy.",
+                &["direction"],
+            )?,
+            connections: counter("mesh_connections_total", "Connections accepted by the proxy.", &["direction"])?,
+            connection_errors: counter(
+                "mesh_connection_errors_total",
+                "Accepted connections that ended in an error, by class (protocol, timeout, io).",
+                &["direction", "reason"],
+            )?,
+            limit_hits: counter("mesh_limit_hits_total", "Times a configured limit refused work.", &["limit"])?,
+            endpoints: gauge("mesh_endpoints", "Endpoints known per destination service.", &["service"])?,
+            retries: counter(
+                "mesh_retries_total",
+                "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
+                &["dst_service"],
+            )?,
+            label_overflow,
+            methods: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The `grpc_method` label for a request path: `/pkg.Service/Method` for gRPC paths while
+    /// under the limit, `other` beyond it or for anything else.
+    pub(crate) fn method_label(&self, path: &str) -> String {
+        let grpc_like = path.len() <= 128
+            && path.starts_with('/')
+            && path[1..].split('/').count() == 2
+            && path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'));
+        if !grpc_like {
+            return "other".to_string();
+        }
+        let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
+        if methods.contains(path) {
+            return path.to_string();
+        }
+        if methods.len() < MAX_METHODS {
+            methods.insert(path.to_string());
+            return path.to_string();
+        }
+        self.label_overflow.inc();
+        "other".to_string()
+    }
+
+    /// Starts timing a request.
+    pub(crate) fn start(self: &Arc<Self>, direction: Direction, src: &str, dst: &str, method: String) -> Recorder {
+        Recorder {
+            metrics: self.clone(),
+            labels: [direction.as_str(), src, dst].map(str::to_string),
+            method,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Times one request and records it once, with its final gRPC status.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    metrics: Arc<ProxyMetrics>,
+    labels: [String; 3],
+    method: String,
+    started: Instant,
+}
+
+impl Recorder {
+    /// Records the request with `status` (a [`grpc_status_label`] value).
+    pub(crate) fn finish(self, status: &str) {
+        let [direction, src, dst] = &self.labels;
+        let values = [direction.as_str(), src, dst, &self.method, status];
+        self.metrics.requests.with_label_values(&values).inc();
+        self.metrics.duration.with_label_values(&values).observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The `grpc_status` label for a `grpc-status` header value: the code's name (`OK`,
+/// `UNAVAILABLE` ...), `UNKNOWN` for values outside the spec.
+pub(crate) fn grpc_status_label(value: &[u8]) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_capped() -> prometheus::Result<()> {
+        let m = ProxyMetrics::new(&Registry::new())?;
+        assert_eq!(m.method_label("/pkg.Svc/Method"), "/pkg.Svc/Method");
+        assert_eq!(m.method_label("/not grpc"), "other");
+        assert_eq!(m.method_label("/a/b/c"), "other");
+        for i in 1..MAX_METHODS {
+            m.method_label(&format!("/s/m{i}"));
+        }
+        assert_eq!(m.method_label("/s/one-too-many"), "other");
+        assert_eq!(m.label_overflow.get(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn status_labels_are_code_names() {
+        assert_eq!(grpc_status_label(b"0"), "OK");
+        assert_eq!(grpc_status_label(b"14"), "UNAVAILABLE");
+        assert_eq!(grpc_status_label(b"99"), "UNKNOWN");
+        assert_eq!(grpc_status_label(b"x"), "UNKNOWN");
+    }
+}

@@ -1,0 +1,127 @@
+//! Meshed processes: `mesh-proxy` sidecars beside demo apps, as real processes on loopback.
+
+use std::time::Duration;
+
+use mesh_proto::demo::v1::echo_client::EchoClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::process::Proc;
+use crate::{eventually, free_port};
+
+/// A running `mesh-proxy`.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The process.
+    pub proc: Proc,
+    /// Outbound listener (`127.0.0.1:<port>`).
+    pub outbound: String,
+    /// Inbound listener.
+    pub inbound: String,
+    /// Admin listener.
+    pub admin: String,
+}
+
+impl Sidecar {
+    /// Starts a proxy for instance `id` of `service`, in front of the app at `app`, with a 3 s
+    /// lease, 1 s deregistration wait and short etcd timeouts. `extra` adds or overrides
+    /// environment.
+    pub fn start(etcd: &str, service: &str, id: &str, app: &str, extra: &[(&str, &str)]) -> Self {
+        let outbound = format!("127.0.0.1:{}", free_port());
+        let inbound = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![
+            ("MESH_SERVICE", service),
+            ("MESH_INSTANCE_ID", id),
+            ("MESH_APP_ADDR", app),
+            ("MESH_OUTBOUND_ADDR", outbound.as_str()),
+            ("MESH_INBOUND_ADDR", inbound.as_str()),
+            ("MESH_ADMIN_ADDR", admin.as_str()),
+            ("MESH_ETCD_ENDPOINTS", etcd),
+            ("MESH_LEASE_TTL", "3s"),
+            ("MESH_LEASE_KEEPALIVE_INTERVAL", "1s"),
+            ("MESH_ETCD_REQUEST_TIMEOUT", "1s"),
+            ("MESH_ETCD_CONNECT_TIMEOUT", "500ms"),
+            ("MESH_DEREGISTER_WAIT", "1s"),
+            ("MESH_WORKERS", "1"),
+        ];
+        env.extend_from_slice(extra);
+        let proc = Proc::start("mesh-proxy", &[], &env);
+        Self { proc, outbound, inbound, admin }
+    }
+
+    /// Waits until `/ready` answers 200 (the app answered and the instance is registered).
+    pub async fn ready(&self) {
+        eventually(&format!("proxy at {} to be ready", self.admin), Duration::from_secs(15), || async {
+            (admin_get(&self.admin, "/ready").await?.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        admin_get(&self.admin, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// An Echo client calling `service` through this proxy's outbound listener, over one
+    /// HTTP/2 connection.
+    pub async fn echo_client(&self, service: &str) -> EchoClient<Channel> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.outbound))
+            .unwrap()
+            .origin(format!("http://{service}").parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        EchoClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+}
+
+/// A plain HTTP/1.1 GET to an admin listener: (status, body).
+pub async fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A meshed `mesh-demo echo` instance: the app and its sidecar.
+#[derive(Debug)]
+pub struct EchoInstance {
+    /// The echo app.
+    pub app: Proc,
+    /// Its proxy.
+    pub sidecar: Sidecar,
+    /// The instance id (also what the app reports in replies).
+    pub id: String,
+}
+
+impl EchoInstance {
+    /// Starts an echo app and its sidecar as instance `id` of `service`.
+    pub fn start(etcd: &str, service: &str, id: &str) -> Self {
+        let app_addr = format!("127.0.0.1:{}", free_port());
+        let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", id], &[]);
+        let sidecar = Sidecar::start(etcd, service, id, &app_addr, &[]);
+        Self { app, sidecar, id: id.to_string() }
+    }
+
+    /// Stops the instance the way an orchestrator should: the proxy first (it deregisters,
+    /// waits, drains), then the app.
+    pub fn stop(&mut self) {
+        let status = self.sidecar.proc.terminate();
+        assert!(status.success(), "proxy exited with {status}:\n{}", self.sidecar.proc.log());
+        self.app.terminate();
+    }
+}
+
+/// A client-side sidecar: a proxy whose own app is never called (its outbound side is what the
+/// test uses). Registers as service `client`.
+pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {
+    let app_addr = format!("127.0.0.1:{}", free_port());
+    let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", "client-app"], &[]);
+    let sidecar = Sidecar::start(etcd, "client", "client-1", &app_addr, &[]);
+    sidecar.ready().await;
+    (app, sidecar)
+}
