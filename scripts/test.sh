@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The mesh's whole test suite, runnable on a fresh Debian machine:
-#   1. installs what the tests need from Debian (etcd, etcdctl, protoc) if it is missing;
+#   1. installs what the tests need if it is missing: etcd, etcdctl, protoc (Debian) and Python
+#      grpcio (PyPI), the independent gRPC client of the interop tests;
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. builds every binary, then runs every test. End-to-end tests start their own etcd on
 #      free loopback ports (one per test, in a temp dir) and the mesh's real binaries.
@@ -16,6 +17,14 @@ if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# An independent gRPC client for the interop tests: Python grpcio (PyPI; Debian's packages as a
+# fallback where pip is not allowed to install).
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "==> installing grpcio and grpcio-tools"
+  python3 -m pip install --quiet grpcio grpcio-tools 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools 2>/dev/null \
+    || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"; DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-grpcio python3-grpc-tools >/dev/null; }
 fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -74,7 +74,7 @@ impl ProxyMetrics {
             "Requests whose gRPC method was recorded as `other` because the method label limit was reached.",
         )?;
         registry.register(Box::new(label_overflow.clone()))?;
-        Ok(Self {
+        let metrics = Self {
             requests: counter("mesh_requests_total", "Requests through the proxy, by outcome.", &REQUEST_LABELS)?,
             duration,
             proxy_errors: counter(
@@ -102,7 +102,14 @@ impl ProxyMetrics {
             )?,
             label_overflow,
             methods: Mutex::new(HashSet::new()),
-        })
+        };
+        // Export the per-direction series at 0 from the start, so dashboards and alerts see
+        // them before the first connection.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            metrics.open_connections.with_label_values(&[direction.as_str()]).set(0);
+            metrics.connections.with_label_values(&[direction.as_str()]).reset();
+        }
+        Ok(metrics)
     }
 
     /// The `grpc_method` label for a request path: `/pkg.Service/Method` for gRPC paths while

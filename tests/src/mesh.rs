@@ -125,3 +125,27 @@ pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {
     sidecar.ready().await;
     (app, sidecar)
 }
+
+/// The smallest mesh with both hops: etcd, one meshed echo instance (`echo-1` of service
+/// `echo`), and a client sidecar whose outbound side the test calls.
+#[derive(Debug)]
+pub struct EchoMesh {
+    /// The registry.
+    pub etcd: crate::etcd::Etcd,
+    /// The server: echo app and its sidecar.
+    pub server: EchoInstance,
+    /// The client-side proxy.
+    pub client: Sidecar,
+    _client_app: Proc,
+}
+
+impl EchoMesh {
+    /// Starts everything and waits until both proxies are ready.
+    pub async fn start() -> Self {
+        let etcd = crate::etcd::Etcd::start().await;
+        let server = EchoInstance::start(&etcd.endpoint(), "echo", "echo-1");
+        server.sidecar.ready().await;
+        let (client_app, client) = client_sidecar(&etcd.endpoint()).await;
+        Self { etcd, server, client, _client_app: client_app }
+    }
+}

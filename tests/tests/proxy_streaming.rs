@@ -7,29 +7,22 @@ use std::time::Duration;
 
 use mesh_proto::demo::v1::echo_client::EchoClient;
 use mesh_proto::demo::v1::{EchoRequest, StatsRequest};
-use mesh_tests::etcd::Etcd;
 use mesh_tests::eventually;
-use mesh_tests::mesh::{EchoInstance, Sidecar, client_sidecar};
-use mesh_tests::process::Proc;
+use mesh_tests::mesh::EchoMesh;
 use mesh_tests::raw;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 struct Mesh {
-    _etcd: Etcd,
-    _server: EchoInstance,
-    _client: (Proc, Sidecar),
+    mesh: EchoMesh,
     echo: EchoClient<Channel>,
 }
 
 async fn mesh() -> Mesh {
-    let etcd = Etcd::start().await;
-    let server = EchoInstance::start(&etcd.endpoint(), "echo", "echo-1");
-    server.sidecar.ready().await;
-    let client = client_sidecar(&etcd.endpoint()).await;
-    let echo = client.1.echo_client("echo").await;
-    Mesh { _etcd: etcd, _server: server, _client: client, echo }
+    let mesh = EchoMesh::start().await;
+    let echo = mesh.client.echo_client("echo").await;
+    Mesh { mesh, echo }
 }
 
 fn req(payload: &[u8]) -> EchoRequest {
@@ -141,7 +134,7 @@ async fn the_proxy_enforces_the_callers_deadline() {
     let slow = EchoRequest { delay_ms: 3000, ..req(b"") };
     let started = std::time::Instant::now();
     let reply =
-        raw::grpc_call(&m._client.1.outbound, "echo", "/mesh.demo.v1.Echo/Unary", &slow, &[("grpc-timeout", "200m")])
+        raw::grpc_call(&m.mesh.client.outbound, "echo", "/mesh.demo.v1.Echo/Unary", &slow, &[("grpc-timeout", "200m")])
             .await;
     assert_eq!(reply.grpc_status(), Some(Code::DeadlineExceeded as i32), "{reply:?}");
     assert!(reply.grpc_message().starts_with("mesh: deadline exceeded"), "{reply:?}");
