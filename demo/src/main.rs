@@ -3,6 +3,7 @@
 //! - `mesh-demo backend`: serves `mesh.demo.v1.Backend`.
 //! - `mesh-demo frontend`: serves `mesh.demo.v1.Frontend`; each call calls the backend.
 //! - `mesh-demo echo`: serves `mesh.demo.v1.Echo`, every call shape, for tests and benchmarks.
+//! - `mesh-demo load`: the load generator for the benchmark (closed or open loop, HdrHistogram).
 //!
 //! Both serve plaintext h2c and `grpc.health.v1`, and know nothing about the mesh: they take
 //! their listen address and the address to call from flags or `DEMO_*` variables. With
@@ -15,6 +16,7 @@ use mesh_registry::cli::parse_or_exit;
 mod backend;
 mod echo;
 mod frontend;
+mod load;
 mod registration;
 mod serve;
 
@@ -34,6 +36,8 @@ enum Role {
     Frontend(frontend::Args),
     /// Serve mesh.demo.v1.Echo, the test and benchmark service.
     Echo(echo::Args),
+    /// Generate load: Echo/Unary calls, closed or open loop, with latency percentiles.
+    Load(load::Args),
 }
 
 fn main() {
@@ -51,6 +55,7 @@ fn main() {
             Role::Backend(args) => backend::run(args).await,
             Role::Frontend(args) => frontend::run(args).await,
             Role::Echo(args) => echo::run(args).await,
+            Role::Load(args) => load::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -3,7 +3,7 @@
 //!
 //! Each request picks two distinct eligible endpoints at random and takes the one with the
 //! lower cost, `latency estimate x (in-flight + 1) / weight`. The latency estimate jumps up at
-//! once on a slow response (peak) and decays toward faster ones (EWMA, default decay 10 s). An
+//! once on a slow response (peak) and decays toward faster ones (EWMA, default decay 1 s). An
 //! endpoint whose connection just failed sits out for a backoff (1 s doubling to 30 s) unless no
 //! other endpoint is left.
 

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The benchmark behind docs/benchmarks.md. One run on loopback puts the same load on:
+#   direct      the echo app itself
+#   hop1        one mesh-proxy hop   (load -> server sidecar inbound -> app)
+#   hop2        the real mesh path   (load -> client sidecar outbound -> server sidecar inbound -> app)
+#   nginx       nginx grpc_pass, one worker           (single-hop peer)
+#   haproxy     HAProxy in HTTP/2 mode, nbthread 1     (single-hop peer)
+# with the proxy at 1 worker thread (like for like) and at its default (2). Loads: 100-byte unary,
+# closed loop 4 connections x 12 streams, and open loop at 2000 calls/s. Medians of BENCH_ROUNDS
+# rounds. Proxy CPU (ms per 1k calls) and RSS come from /proc. Release builds. h2load
+# cross-checks closed-loop throughput once per target.
+#
+#   scripts/bench.sh                   # writes docs/benchmarks.md and target/bench/results.json
+#   BENCH_ROUNDS=1 BENCH_SECONDS=3 scripts/bench.sh   # a quick look
+#   BENCH_TARGETS="direct hop1-w1" BENCH_LOADS=open BENCH_REPORT=- scripts/bench.sh   # a subset, report to stdout
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${BENCH_ROUNDS:-3}"
+SECONDS_PER_RUN="${BENCH_SECONDS:-8}"
+RATE="${BENCH_RATE:-2000}"
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo build --release --locked -p mesh-proxy -p mesh-demo
+BIN="${CARGO_TARGET_DIR:-target}/release"
+OUT="${CARGO_TARGET_DIR:-target}/bench"
+WORK="$(mktemp -d)"; echo "work dir: $WORK" >&2
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+pids=()
+# Stop in reverse order of start (proxies deregister while etcd still runs).
+cleanup() {
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wait_ready() { for _ in $(seq 150); do curl -fs "http://$1/ready" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "proxy at $1 never ready" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+ETCD=$(port); ETCD_PEER=$(port)
+etcd --name bench --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ETCD" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD" --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" \
+  --unsafe-no-fsync --logger zap --log-level error >"$WORK/etcd.log" 2>&1 &
+pids+=($!); wait_port "$ETCD"
+
+APP=$(port)
+MESH_LOG=warn "$BIN/mesh-demo" echo --listen "127.0.0.1:$APP" --instance-id bench-echo >"$WORK/app.log" 2>&1 &
+pids+=($!); wait_port "$APP"
+
+# Proxies: for each worker count, a server sidecar (service echo) and a client sidecar.
+declare -A PROXY_PID HOP1_ADDR HOP2_ADDR
+for workers in 1 2; do
+  for role in server client; do
+    in=$(port); out=$(port); admin=$(port)
+    service=$([ "$role" = server ] && echo "echo-w$workers" || echo "client-w$workers")
+    MESH_LOG=warn "$BIN/mesh-proxy" --service "$service" --instance-id "$role-$workers" --app-addr "127.0.0.1:$APP" \
+      --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
+      --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" >"$WORK/$role-$workers.log" 2>&1 &
+    pids+=($!); PROXY_PID[$role-$workers]=$!
+    wait_ready "127.0.0.1:$admin"
+    [ "$role" = server ] && HOP1_ADDR[$workers]="127.0.0.1:$in"
+    [ "$role" = client ] && HOP2_ADDR[$workers]="127.0.0.1:$out"
+  done
+done
+
+NGINX=$(port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+error_log $WORK/nginx/error.log error;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream app { server 127.0.0.1:$APP; keepalive 16; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$NGINX http2;
+    http2_max_concurrent_streams 1000;
+    keepalive_requests 100000000;
+    location / { grpc_pass grpc://app; }
+  }
+}
+CONF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+pids+=($!); wait_port "$NGINX"
+NGINX_WORKER=$(pgrep -P "$!" | head -1)
+
+HAPROXY=$(port)
+cat >"$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$HAPROXY proto h2
+  default_backend be
+backend be
+  http-reuse always
+  server app 127.0.0.1:$APP proto h2
+CONF
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+pids+=($!); HAPROXY_PID=$!; wait_port "$HAPROXY"
+
+# target name -> "address authority pids-to-measure"
+declare -A TARGETS=(
+  [direct]="127.0.0.1:$APP echo -"
+  [hop1-w1]="${HOP1_ADDR[1]} echo ${PROXY_PID[server-1]}"
+  [hop2-w1]="${HOP2_ADDR[1]} echo-w1 ${PROXY_PID[client-1]},${PROXY_PID[server-1]}"
+  [hop1-w2]="${HOP1_ADDR[2]} echo ${PROXY_PID[server-2]}"
+  [hop2-w2]="${HOP2_ADDR[2]} echo-w2 ${PROXY_PID[client-2]},${PROXY_PID[server-2]}"
+  [nginx]="127.0.0.1:$NGINX echo $NGINX_WORKER"
+  [haproxy]="127.0.0.1:$HAPROXY echo $HAPROXY_PID"
+)
+ORDER=(direct hop1-w1 hop2-w1 hop1-w2 hop2-w2 nginx haproxy)
+# BENCH_TARGETS="direct hop1-w1" runs a subset (for quick looks; docs/benchmarks.md wants all).
+[ -n "${BENCH_TARGETS:-}" ] && read -r -a ORDER <<<"$BENCH_TARGETS"
+
+run_one() { # name load round
+  local name=$1 load=$2 round=$3
+  read -r addr authority pids_csv <<<"${TARGETS[$name]}"
+  local extra=(); [ "$load" = open ] && extra=(--rate "$RATE")
+  local before=0 p
+  if [ "$pids_csv" != - ]; then for p in ${pids_csv//,/ }; do before=$((before + $(cpu_ticks "$p"))); done; fi
+  MESH_LOG=error "$BIN/mesh-demo" load --target "http://$addr" --authority "$authority" --duration "${SECONDS_PER_RUN}s" \
+    --connections 4 --streams 12 --payload 100 "${extra[@]}" --json "$OUT/$name.$load.$round.json" >/dev/null
+  if [ "$pids_csv" != - ]; then
+    local after=0 rss=0
+    for p in ${pids_csv//,/ }; do after=$((after + $(cpu_ticks "$p"))); rss=$(( $(rss_kib "$p") > rss ? $(rss_kib "$p") : rss )); done
+    python3 - "$OUT/$name.$load.$round.json" "$((after - before))" "$(getconf CLK_TCK)" "$rss" "$pids_csv" <<'PY'
+import json, sys
+path, ticks, hz, rss, pids = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+r = json.load(open(path))
+r["proxy_cpu_ms"] = ticks * 1000 / hz
+r["proxy_processes"] = len(pids.split(","))
+r["proxy_rss_kib"] = rss
+json.dump(r, open(path, "w"))
+PY
+  fi
+}
+
+for round in $(seq "$ROUNDS"); do
+  for name in "${ORDER[@]}"; do
+    for load in ${BENCH_LOADS:-closed open}; do
+      echo "round $round: $name $load" >&2
+      run_one "$name" "$load" "$round"
+    done
+  done
+done
+
+# h2load cross-check of closed-loop throughput: the same 100-byte unary request, raw HTTP/2.
+python3 -c 'import sys; m=b"\x0a\x64"+b"x"*100; sys.stdout.buffer.write(b"\x00"+len(m).to_bytes(4,"big")+m)' >"$WORK/req.bin"
+[ -n "${BENCH_SKIP_H2LOAD:-}" ] && ORDER=()
+for name in "${ORDER[@]}"; do
+  read -r addr authority _ <<<"${TARGETS[$name]}"
+  h2load -n 40000 -c 4 -m 12 -d "$WORK/req.bin" -H "content-type: application/grpc" -H "te: trailers" \
+    -H ":authority: $authority" "http://$addr/mesh.demo.v1.Echo/Unary" 2>&1 \
+    | python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+rps = re.search(r"finished in .*?, ([0-9.]+) req/s", text)
+ok = re.search(r"status codes: (\d+) 2xx", text)
+json.dump({"rps": float(rps.group(1)) if rps else None, "ok_2xx": int(ok.group(1)) if ok else None}, sys.stdout)' >"$OUT/$name.h2load.json"
+done
+
+REPORT="${BENCH_REPORT:-docs/benchmarks.md}"
+if [ "$REPORT" = - ]; then
+  python3 scripts/bench_report.py "$OUT" "$ROUNDS" "$SECONDS_PER_RUN" "$RATE"
+else
+  python3 scripts/bench_report.py "$OUT" "$ROUNDS" "$SECONDS_PER_RUN" "$RATE" >"$REPORT"
+  echo "wrote $REPORT" >&2
+fi

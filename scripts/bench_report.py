@@ -1,0 +1,150 @@
+"""Turns the benchmark's JSON results into docs/benchmarks.md (called by scripts/bench.sh).
+
+Usage: bench_report.py <results-dir> <rounds> <seconds-per-run> <rate>
+"""
+
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+results, rounds, seconds, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ORDER = ["direct", "hop1-w1", "hop2-w1", "hop1-w2", "hop2-w2", "nginx", "haproxy"]
+LABEL = {
+    "direct": "direct (no proxy)",
+    "hop1-w1": "mesh-proxy, 1 hop, 1 worker",
+    "hop2-w1": "mesh-proxy, 2 hops (mesh path), 1 worker each",
+    "hop1-w2": "mesh-proxy, 1 hop, default 2 workers",
+    "hop2-w2": "mesh-proxy, 2 hops, default 2 workers each",
+    "nginx": "nginx grpc_pass, 1 worker",
+    "haproxy": "HAProxy h2, nbthread 1",
+}
+
+
+def runs(name, load):
+    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(results, f"{name}.{load}.*.json")))]
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summary(name, load):
+    rs = runs(name, load)
+    if not rs:
+        return None
+    calls = sum(r["calls"] for r in rs)
+    cpu = [r["proxy_cpu_ms"] / r["calls"] * 1000 / r["proxy_processes"] for r in rs if "proxy_cpu_ms" in r and r["calls"]]
+    return {
+        "rps": med([r["throughput_rps"] for r in rs]),
+        "p50": med([r["latency_us"]["p50"] for r in rs]),
+        "p99": med([r["latency_us"]["p99"] for r in rs]),
+        "p999": med([r["latency_us"]["p999"] for r in rs]),
+        "errors": sum(sum(r["errors"].values()) + r.get("overloaded", 0) for r in rs),
+        "calls": calls,
+        "cpu_per_1k_per_proxy": med(cpu),
+        "rss_mib": max((r.get("proxy_rss_kib", 0) for r in rs), default=0) / 1024 or None,
+    }
+
+
+S = {(n, l): summary(n, l) for n in ORDER for l in ("closed", "open")}
+H2 = {}
+for n in ORDER:
+    p = os.path.join(results, f"{n}.h2load.json")
+    if os.path.exists(p):
+        H2[n] = json.load(open(p))
+
+
+def fmt(v, spec="{:.0f}", none="-"):
+    return none if v is None else spec.format(v)
+
+
+def ms(us):
+    return None if us is None else us / 1000
+
+
+direct_c, direct_o = S[("direct", "closed")], S[("direct", "open")]
+if not direct_c and not direct_o:
+    sys.exit("no results for the direct target: nothing to compare with")
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+
+out = []
+w = out.append
+w("# Benchmarks\n")
+w("Produced by `scripts/bench.sh` (this file is its output; rerun it to refresh). Loopback, release builds,")
+w(f"one run at commit `{rev}` on {os.cpu_count()} cores ({cpu}). Load: `mesh-demo load`, 100-byte")
+w(f"`Echo/Unary`, every reply's `grpc-status` checked. Medians of {rounds} round(s) of {seconds} s per")
+w("target and load. The load generator, the echo app and the proxies share the same 2 cores, as a sidecar")
+w("shares its host; absolute numbers are this machine's, the ratios are the point.\n")
+w("- **hop1**: load -> server sidecar's inbound listener -> app (one proxy).")
+w("- **hop2**: load -> client sidecar's outbound listener -> server sidecar's inbound listener -> app: the")
+w("  real mesh path (discovery, per-request balancing, two proxies).")
+w("- **CPU** is the proxy processes' user+system time per 1000 calls, divided by the number of proxies in")
+w("  the path (per hop). **RSS** is the largest resident set of one proxy after a run.\n")
+
+w(f"## Closed loop: 4 connections x 12 streams\n")
+w("| target | calls/s | x direct | p50 ms | p99 ms | p99.9 ms | CPU ms / 1k calls / hop | RSS MiB | errors |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for n in ORDER:
+    s = S[(n, "closed")]
+    if not s:
+        continue
+    ratio = s["rps"] / direct_c["rps"] if direct_c and direct_c["rps"] else None
+    w(f"| {LABEL[n]} | {fmt(s['rps'])} | {fmt(ratio, '{:.2f}')} | {fmt(ms(s['p50']), '{:.2f}')} | {fmt(ms(s['p99']), '{:.2f}')} | "
+      f"{fmt(ms(s['p999']), '{:.2f}')} | {fmt(s['cpu_per_1k_per_proxy'], '{:.1f}')} | {fmt(s['rss_mib'], '{:.1f}')} | {s['errors']} |")
+
+w(f"\n## Open loop: {rate} calls/s\n")
+w("Latency measured from each call's scheduled send time. *Added* is the difference to direct, per hop.\n")
+w("| target | calls/s | p50 ms | p99 ms | p99.9 ms | added p50 ms / hop | added p99 ms / hop | CPU ms / 1k calls / hop | RSS MiB | errors |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for n in ORDER:
+    s = S[(n, "open")]
+    if not s:
+        continue
+    hops = 2 if n.startswith("hop2") else 1
+    add50 = (s["p50"] - direct_o["p50"]) / hops / 1000 if n != "direct" else None
+    add99 = (s["p99"] - direct_o["p99"]) / hops / 1000 if n != "direct" else None
+    w(f"| {LABEL[n]} | {fmt(s['rps'])} | {fmt(ms(s['p50']), '{:.2f}')} | {fmt(ms(s['p99']), '{:.2f}')} | {fmt(ms(s['p999']), '{:.2f}')} | "
+      f"{fmt(add50, '{:.3f}')} | {fmt(add99, '{:.3f}')} | {fmt(s['cpu_per_1k_per_proxy'], '{:.1f}')} | {fmt(s['rss_mib'], '{:.1f}')} | {s['errors']} |")
+
+if H2:
+    w("\n## Cross-check with h2load (closed loop, 4 connections x 12 streams, 40 000 calls)\n")
+    w("`h2load` counts HTTP 2xx only (it does not read `grpc-status`).\n")
+    w("| target | h2load calls/s | x direct | 2xx |")
+    w("| --- | ---: | ---: | ---: |")
+    d = H2.get("direct", {}).get("rps")
+    for n in ORDER:
+        h = H2.get(n)
+        if h:
+            w(f"| {LABEL[n]} | {fmt(h['rps'])} | {fmt(h['rps'] / d if d and h['rps'] else None, '{:.2f}')} | {fmt(h['ok_2xx'])} |")
+
+
+def check(name, ok, detail):
+    w(f"| {name} | {'met' if ok else '**missed**'} | {detail} |")
+
+
+w("\n## Against the targets\n")
+w("| target | result | measured |")
+w("| --- | --- | --- |")
+h1c, h2c, h1o = S[("hop1-w1", "closed")], S[("hop2-w1", "closed")], S[("hop1-w1", "open")]
+if h1c and direct_c:
+    r = h1c["rps"] / direct_c["rps"]
+    check("one hop >= 0.55 x direct throughput (1 worker)", r >= 0.55, f"{r:.2f} x")
+if h2c and direct_c:
+    r = h2c["rps"] / direct_c["rps"]
+    check("two hops >= 0.33 x direct throughput (1 worker)", r >= 0.33, f"{r:.2f} x")
+if h1o and direct_o:
+    a50 = (h1o["p50"] - direct_o["p50"]) / 1000
+    a99 = (h1o["p99"] - direct_o["p99"]) / 1000
+    check(f"added p50 <= 0.2 ms per hop at {rate}/s", a50 <= 0.2, f"{a50:.3f} ms")
+    check(f"added p99 <= 0.5 ms per hop at {rate}/s", a99 <= 0.5, f"{a99:.3f} ms")
+    c = h1o["cpu_per_1k_per_proxy"]
+    if c is not None:
+        check(f"<= 10 ms CPU per 1k calls per hop at {rate}/s", c <= 10, f"{c:.1f} ms")
+    rss = max((S[(n, l)] or {}).get("rss_mib") or 0 for n in ("hop1-w1", "hop2-w1") for l in ("closed", "open"))
+    check("<= 10 MB RSS per proxy under that load", rss <= 10, f"{rss:.1f} MiB")
+print("\n".join(out))
