@@ -4,6 +4,7 @@
 //! - `mesh-demo frontend`: serves `mesh.demo.v1.Frontend`; each call calls the backend.
 //! - `mesh-demo echo`: serves `mesh.demo.v1.Echo`, every call shape, for tests and benchmarks.
 //! - `mesh-demo load`: the load generator for the benchmark (closed or open loop, HdrHistogram).
+//! - `mesh-demo hello`: calls a frontend once and prints which instances answered.
 //!
 //! Both serve plaintext h2c and `grpc.health.v1`, and know nothing about the mesh: they take
 //! their listen address and the address to call from flags or `DEMO_*` variables. With
@@ -16,6 +17,7 @@ use mesh_registry::cli::parse_or_exit;
 mod backend;
 mod echo;
 mod frontend;
+mod hello;
 mod load;
 mod registration;
 mod serve;
@@ -38,6 +40,8 @@ enum Role {
     Echo(echo::Args),
     /// Generate load: Echo/Unary calls, closed or open loop, with latency percentiles.
     Load(load::Args),
+    /// Call a frontend once and print who answered.
+    Hello(hello::Args),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn main() {
             Role::Frontend(args) => frontend::run(args).await,
             Role::Echo(args) => echo::run(args).await,
             Role::Load(args) => load::run(args).await,
+            Role::Hello(args) => hello::run(args).await,
         }
     });
     if let Err(e) = result {
