@@ -11,6 +11,7 @@ mod check;
 mod endpoints;
 mod output;
 mod services;
+mod token;
 
 use output::Format;
 
@@ -38,6 +39,9 @@ enum Command {
     },
     /// Check that etcd is reachable and the mesh prefix readable.
     Check,
+    /// Create, list and revoke join tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// A failure that ends the command with exit code 1.
@@ -51,6 +55,8 @@ enum Error {
     Connect(#[from] mesh_registry::etcd::ConnectError),
     #[error("check failed")]
     CheckFailed,
+    #[error("{0}")]
+    Token(#[from] mesh_registry::tokens::TokenError),
 }
 
 fn main() {
@@ -82,6 +88,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             endpoints::run(&mut client, layout, &service, cli.output).await.map_err(unreachable)
         }
         Command::Check => check::run(&mut client, &config, layout, cli.output).await,
+        Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
     }
 }
 

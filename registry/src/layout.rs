@@ -73,6 +73,11 @@ impl Layout {
         format!("{}{id}", self.instances(service))
     }
 
+    /// Join tokens: `<prefix>/v1/tokens/<id>`.
+    pub fn tokens(&self) -> String {
+        format!("{}/{VERSION}/tokens/", self.prefix)
+    }
+
     /// Splits an instance key into its service and instance id, if it is one.
     pub fn parse_instance_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
         let rest = key.strip_prefix(&self.services())?;

@@ -15,6 +15,8 @@
 //! - [`register`]: [`Registration`], a lease kept alive in the background that re-registers by itself.
 //! - [`discover`]: [`View`], a live watch-driven view of one service or of every service;
 //!   [`list`]: a one-shot consistent listing for tools.
+//! - [`identity`]: SPIFFE service identities; [`tokens`]: join tokens that bind a service name,
+//!   created by operators and verified by the certificate authority.
 //! - [`etcd`]: connection settings; [`metrics`]: counters for all of the above.
 //!
 //! # Feature flags
@@ -25,12 +27,14 @@ mod backoff;
 pub mod cli;
 pub mod discover;
 pub mod etcd;
+pub mod identity;
 pub mod layout;
 pub mod list;
 pub mod metrics;
 pub mod name;
 pub mod record;
 pub mod register;
+pub mod tokens;
 mod view;
 
 pub use discover::{View, ViewConfig};

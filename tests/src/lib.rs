@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod ca;
 pub mod demo;
 pub mod etcd;
 pub mod load;

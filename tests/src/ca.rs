@@ -1,0 +1,88 @@
+//! A real control plane (`mesh-registry serve`) with a fresh root CA, and helpers to get tokens
+//! and certificates from it the way a workload would.
+
+use std::time::Duration;
+
+use mesh_proto::identity::v1::identity_client::IdentityClient;
+use mesh_proto::identity::v1::{CertifyRequest, CertifyResponse};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::process::{Proc, run};
+use crate::{eventually, free_port};
+
+/// A running CA.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The process.
+    pub proc: Proc,
+    /// `127.0.0.1:<port>`, TLS.
+    pub addr: String,
+    /// The CA directory.
+    pub dir: tempfile::TempDir,
+    etcd: String,
+}
+
+impl ControlPlane {
+    /// `mesh-registry init` into a temp dir, then `serve` against the etcd at `etcd`.
+    pub async fn start(etcd: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let (code, _, err) = run("mesh-registry", &["init", "--ca-dir", ca_dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "init failed: {err}");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let proc = Proc::start(
+            "mesh-registry",
+            &["serve", "--ca-dir", ca_dir.to_str().unwrap(), "--listen", &addr],
+            &[("MESH_ETCD_ENDPOINTS", etcd), ("MESH_LEAF_LIFETIME", "24h")],
+        );
+        let cp = Self { proc, addr, dir, etcd: etcd.to_string() };
+        eventually("the CA to serve", Duration::from_secs(10), || async { cp.try_client().await }).await;
+        cp
+    }
+
+    /// The CA directory (`root.pem`, `root.key.pem`, `bundle.pem`).
+    pub fn ca_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// The trust bundle, PEM.
+    pub fn bundle_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_dir().join("bundle.pem")).unwrap()
+    }
+
+    /// `meshctl token create <service> --ttl <ttl>`: the token string.
+    pub fn token(&self, service: &str, ttl: &str) -> String {
+        let (code, out, err) =
+            run("meshctl", &["--etcd-endpoints", &self.etcd, "token", "create", service, "--ttl", ttl]);
+        assert_eq!(code, 0, "token create failed: {err}");
+        out.trim().to_string()
+    }
+
+    async fn try_client(&self) -> Option<IdentityClient<Channel>> {
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.bundle_pem())).domain_name("localhost");
+        let channel =
+            Endpoint::from_shared(format!("https://{}", self.addr)).ok()?.tls_config(tls).ok()?.connect().await.ok()?;
+        Some(IdentityClient::new(channel))
+    }
+
+    /// A TLS client of the Certify API, trusting the CA's bundle.
+    pub async fn client(&self) -> IdentityClient<Channel> {
+        self.try_client().await.unwrap()
+    }
+
+    /// Asks for a certificate with `token`, for a fresh key whose CSR claims `claimed_uri`.
+    pub async fn certify(&self, token: &str, claimed_uri: &str) -> Result<(KeyPair, CertifyResponse), tonic::Status> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(claimed_uri.try_into().unwrap())];
+        let csr = params.serialize_request(&key).unwrap();
+        let reply = self
+            .client()
+            .await
+            .certify(CertifyRequest { token: token.to_string(), csr_der: csr.der().to_vec() })
+            .await?;
+        Ok((key, reply.into_inner()))
+    }
+}
