@@ -80,7 +80,7 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     fn new(record: InstanceRecord, connector: &Connector, client: ClientSettings, default_rtt: Duration) -> Self {
         Self {
-            client: H2Client::new(record.address.clone(), connector.clone(), client),
+            client: H2Client::new(record.address.clone(), record.service.clone(), connector.clone(), client),
             record,
             load: Mutex::new(PeakEwma { rtt_ns: default_rtt.as_nanos() as f64, stamp: Instant::now() }),
             in_flight: AtomicUsize::new(0),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_registry::Address;
+use mesh_registry::{Address, ServiceName};
 
 use crate::transport::Connector;
 
@@ -41,6 +41,8 @@ pub(crate) enum SendError {
 #[derive(Debug)]
 pub(crate) struct H2Client {
     addr: Address,
+    /// The service this peer is an instance of (what its certificate must prove under mTLS).
+    service: ServiceName,
     connector: Connector,
     settings: ClientSettings,
     ready: Mutex<Option<SendRequest<Incoming>>>,
@@ -48,8 +50,8 @@ pub(crate) struct H2Client {
 }
 
 impl H2Client {
-    pub(crate) fn new(addr: Address, connector: Connector, settings: ClientSettings) -> Self {
-        Self { addr, connector, settings, ready: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) }
+    pub(crate) fn new(addr: Address, service: ServiceName, connector: Connector, settings: ClientSettings) -> Self {
+        Self { addr, service, connector, settings, ready: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) }
     }
 
     pub(crate) fn addr(&self) -> &Address {
@@ -95,7 +97,7 @@ impl H2Client {
         if let Some(sender) = self.current() {
             return Ok(sender);
         }
-        let io = self.connector.connect(&self.addr).await.map_err(|e| e.to_string())?;
+        let io = self.connector.connect(&self.addr, &self.service).await.map_err(|e| e.to_string())?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_connection_window_size(self.settings.connection_window)

@@ -87,6 +87,28 @@ pub struct Args {
     /// Bound on a new connection's HTTP/2 preface and SETTINGS exchange.
     #[arg(long = "handshake-timeout", env = "MESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     handshake_timeout: Duration,
+    /// The control plane's Certify API (`https://host:4150`). Setting it turns on mutual TLS
+    /// between proxies; without it proxies talk plaintext (development only).
+    #[arg(long = "identity-ca-addr", env = "MESH_IDENTITY_CA_ADDR")]
+    identity_ca_addr: Option<tonic::transport::Uri>,
+    /// The name in the CA's TLS certificate.
+    #[arg(long = "identity-ca-name", env = "MESH_IDENTITY_CA_NAME", default_value = "mesh-registry")]
+    identity_ca_name: String,
+    /// PEM file with the mesh's trust bundle (verifies the CA, and peers until the CA sends its own).
+    #[arg(long = "identity-trust-bundle", env = "MESH_IDENTITY_TRUST_BUNDLE")]
+    identity_trust_bundle: Option<std::path::PathBuf>,
+    /// The join token for this service.
+    #[arg(long = "identity-token", env = "MESH_IDENTITY_TOKEN", hide_env_values = true)]
+    identity_token: Option<String>,
+    /// A file holding the join token (instead of --identity-token).
+    #[arg(long = "identity-token-file", env = "MESH_IDENTITY_TOKEN_FILE", conflicts_with = "identity_token")]
+    identity_token_file: Option<std::path::PathBuf>,
+    /// The trust domain.
+    #[arg(long = "trust-domain", env = "MESH_TRUST_DOMAIN", default_value = mesh_registry::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: mesh_registry::identity::TrustDomain,
+    /// Renew the certificate once this fraction of its remaining lifetime has passed.
+    #[arg(long = "identity-renew-fraction", env = "MESH_IDENTITY_RENEW_FRACTION", default_value_t = 0.7)]
+    identity_renew_fraction: f64,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -159,6 +181,8 @@ pub struct Config {
     pub layout: Layout,
     /// Lease timing.
     pub lease: RegistrationConfig,
+    /// Identity and mutual TLS, if on.
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 impl Args {
@@ -171,6 +195,7 @@ impl Args {
             return Err(format!("--weight (MESH_WEIGHT) must be 0-{}", mesh_registry::record::MAX_WEIGHT));
         }
         let lease = self.lease.config().map_err(|e| format!("--lease-ttl/--lease-keepalive-interval: {e}"))?;
+        let identity = self.identity_config()?;
         let advertise_addr = match self.advertise_addr {
             Some(a) => a,
             None if self.inbound_addr.ip().is_unspecified() => {
@@ -216,7 +241,51 @@ impl Args {
             etcd: self.etcd.config(),
             layout: self.etcd.prefix,
             lease,
+            identity,
         })
+    }
+
+    fn identity_config(&self) -> Result<Option<crate::identity::IdentityConfig>, String> {
+        let Some(ca_addr) = self.identity_ca_addr.clone() else {
+            return Ok(None);
+        };
+        if ca_addr.scheme_str() != Some("https") || ca_addr.authority().is_none() {
+            return Err(format!("--identity-ca-addr (MESH_IDENTITY_CA_ADDR) must be https://host:port, got {ca_addr}"));
+        }
+        let bundle_path = self
+            .identity_trust_bundle
+            .as_ref()
+            .ok_or("--identity-trust-bundle (MESH_IDENTITY_TRUST_BUNDLE) is required with --identity-ca-addr")?;
+        let trust_bundle = std::fs::read_to_string(bundle_path).map_err(|e| {
+            format!("--identity-trust-bundle (MESH_IDENTITY_TRUST_BUNDLE) {}: {e}", bundle_path.display())
+        })?;
+        if !trust_bundle.contains("BEGIN CERTIFICATE") {
+            return Err(format!(
+                "--identity-trust-bundle (MESH_IDENTITY_TRUST_BUNDLE) {}: no PEM certificate in it",
+                bundle_path.display()
+            ));
+        }
+        let token = match (&self.identity_token, &self.identity_token_file) {
+            (Some(token), _) => token.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--identity-token-file (MESH_IDENTITY_TOKEN_FILE) {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => {
+                return Err("--identity-token or --identity-token-file (MESH_IDENTITY_TOKEN[_FILE]) is required with --identity-ca-addr".into());
+            }
+        };
+        if !(0.1..=0.95).contains(&self.identity_renew_fraction) {
+            return Err("--identity-renew-fraction (MESH_IDENTITY_RENEW_FRACTION) must be between 0.1 and 0.95".into());
+        }
+        Ok(Some(crate::identity::IdentityConfig {
+            ca_addr,
+            ca_name: self.identity_ca_name.clone(),
+            trust_bundle,
+            token,
+            trust_domain: self.trust_domain.clone(),
+            renew_fraction: self.identity_renew_fraction,
+        }))
     }
 }
 

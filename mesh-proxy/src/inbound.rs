@@ -16,6 +16,7 @@ use crate::client::{H2Client, SendError};
 use crate::errors::{ProxyError, is_grpc};
 use crate::headers::{CLIENT_SERVICE, strip_hop_by_hop};
 use crate::metrics::{Direction, ProxyMetrics};
+use crate::transport::PeerInfo;
 
 /// The inbound side of the proxy.
 #[derive(Debug)]
@@ -29,12 +30,16 @@ impl Inbound {
     pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let grpc = is_grpc(&req);
         let method = self.metrics.method_label(req.uri().path());
-        let source = req
-            .headers()
-            .get(CLIENT_SERVICE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<ServiceName>().ok())
-            .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        // The caller: its verified identity under mTLS; otherwise what its proxy says.
+        let verified =
+            req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref()).map(|i| i.service().to_string());
+        let source = verified.unwrap_or_else(|| {
+            req.headers()
+                .get(CLIENT_SERVICE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<ServiceName>().ok())
+                .map_or_else(|| "unknown".to_string(), |s| s.to_string())
+        });
         let recorder = self.metrics.start(Direction::Inbound, &source, self.local.as_str(), method);
         strip_hop_by_hop(req.headers_mut());
 

@@ -13,8 +13,9 @@
 //!
 //! # Structure
 //! - [`config`]: every setting, typed.
-//! - `listen`: accept loop, HTTP/2 server limits, graceful drain; `transport`: the seam where
-//!   mutual TLS will plug in (plaintext today).
+//! - `listen`: accept loop, HTTP/2 server limits, graceful drain; `transport`: plaintext or
+//!   mutual TLS (`tls`: rustls configs and the SPIFFE checks) behind one seam.
+//! - `identity`: this proxy's key and certificate from the control plane, renewed in the background.
 //! - `outbound` / `inbound`: the two request paths, each read top to bottom.
 //! - `discovery` (watch per service in use) -> `balance` (P2C over peak-EWMA) -> `client` (one
 //!   multiplexed connection per endpoint).
@@ -30,11 +31,13 @@ pub mod config;
 mod discovery;
 mod errors;
 mod headers;
+pub mod identity;
 mod inbound;
 mod listen;
 mod metrics;
 mod outbound;
 mod ready;
+mod tls;
 mod transport;
 
 use std::sync::Arc;
@@ -70,6 +73,12 @@ pub enum Error {
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// No identity could be obtained.
+    #[error("identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
@@ -92,13 +101,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
     let etcd = config.etcd.connect().await?;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+
+    // With an identity configured, it comes first: nothing is served, registered or reported
+    // ready without a certificate, and peers are never spoken to in plaintext.
+    let identity = match &config.identity {
+        None => None,
+        Some(identity_config) => tokio::select! {
+            state = identity::bootstrap(identity_config, &config.service, &proxy_metrics) => {
+                let state = state?;
+                tokio::spawn(identity::renew_forever(state.clone(), identity_config.clone(), config.service.clone(), proxy_metrics.clone()));
+                Some(state)
+            }
+            _ = &mut shutdown => return Ok(()),
+        },
+    };
     let client_settings = ClientSettings {
         connection_window: config.outbound_limits.connection_window,
         stream_window: config.outbound_limits.stream_window,
         max_header_list_size: config.outbound_limits.max_header_list_size,
         keepalive: config.outbound_limits.idle_timeout,
     };
-    let connector = Connector::plaintext(config.connect_timeout);
+    let connector = match &identity {
+        Some(state) => Connector::mtls(config.connect_timeout, state.clone(), proxy_metrics.clone()),
+        None => Connector::plaintext(config.connect_timeout),
+    };
     let balancer_settings = BalancerSettings { decay: config.ewma_decay, default_rtt: config.ewma_default_rtt };
     let new_balancer = {
         let connector = connector.clone();
@@ -124,7 +151,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         source: std::io::Error::other(e),
     })?;
     let inbound = Arc::new(inbound::Inbound {
-        app: H2Client::new(app_addr, Connector::plaintext(config.connect_timeout), client_settings),
+        app: H2Client::new(
+            app_addr,
+            config.service.clone(),
+            Connector::plaintext(config.connect_timeout),
+            client_settings,
+        ),
         metrics: proxy_metrics.clone(),
         local: config.service.clone(),
     });
@@ -142,7 +174,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         listener: inbound_listener,
         direction: Direction::Inbound,
         limits: config.inbound_limits,
-        acceptor: Acceptor::plaintext(config.inbound_limits.handshake_timeout),
+        acceptor: match &identity {
+            Some(state) => Acceptor::mtls(config.inbound_limits.handshake_timeout, state, proxy_metrics.clone())?,
+            None => Acceptor::plaintext(config.inbound_limits.handshake_timeout),
+        },
         metrics: proxy_metrics.clone(),
         drain: config.drain_timeout,
     };
@@ -159,9 +194,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "listening"
     );
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let identity_uri = identity.as_ref().map(|state| state.current().identity.uri());
     let registration = tokio::select! {
-        registration = register_when_app_ready(&config, etcd, registry_metrics) => Some(registration),
+        registration = register_when_app_ready(&config, etcd, registry_metrics, identity_uri) => Some(registration),
         _ = &mut shutdown => None,
     };
     if let Some(registration) = &registration {
@@ -190,6 +225,7 @@ async fn register_when_app_ready(
     config: &Config,
     etcd: etcd_client::Client,
     metrics: Arc<mesh_registry::Metrics>,
+    identity: Option<String>,
 ) -> Registration {
     let mut last_log = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
@@ -208,6 +244,7 @@ async fn register_when_app_ready(
         InstanceRecord::new(config.service.clone(), config.instance_id.clone(), config.advertise_addr.clone());
     record.labels = config.labels.clone();
     record.weight = config.weight;
+    record.identity = identity;
     Registration::start(etcd, &config.layout, record, config.lease, metrics)
 }
 

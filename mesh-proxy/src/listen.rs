@@ -85,7 +85,8 @@ where
             match acceptor.accept(tcp, addr).await {
                 Ok((io, peer)) => {
                     tracing::trace!(direction = dir, peer = %peer.addr, "accepted");
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(peer.clone());
                         let response = handler(req);
                         async move { Ok::<_, std::convert::Infallible>(response.await) }
                     });

@@ -42,6 +42,9 @@ pub(crate) struct ProxyMetrics {
     pub(crate) limit_hits: IntCounterVec,
     pub(crate) endpoints: IntGaugeVec,
     pub(crate) retries: IntCounterVec,
+    pub(crate) tls_handshakes: IntCounterVec,
+    identity_expiry: prometheus::IntGauge,
+    identity_renewals: IntCounterVec,
     label_overflow: IntCounter,
     methods: Mutex<HashSet<String>>,
 }
@@ -100,6 +103,24 @@ impl ProxyMetrics {
                 "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
                 &["dst_service"],
             )?,
+            tls_handshakes: counter(
+                "mesh_tls_handshakes_total",
+                "mTLS handshakes between proxies by outcome and reason (expired, not_yet_valid, unknown_ca, wrong_identity, no_client_certificate, not_tls, timeout ...).",
+                &["direction", "outcome", "reason"],
+            )?,
+            identity_expiry: {
+                let g = prometheus::IntGauge::new(
+                    "mesh_identity_expiry_timestamp_seconds",
+                    "When this proxy's current certificate expires, Unix seconds (0: none).",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            identity_renewals: counter(
+                "mesh_identity_renewals_total",
+                "Certificate requests to the control plane by outcome.",
+                &["outcome"],
+            )?,
             label_overflow,
             methods: Mutex::new(HashSet::new()),
         };
@@ -110,6 +131,14 @@ impl ProxyMetrics {
             metrics.connections.with_label_values(&[direction.as_str()]).reset();
         }
         Ok(metrics)
+    }
+
+    /// Records a certificate request's outcome and the current certificate's expiry.
+    pub(crate) fn record_identity(&self, outcome: &str, expiry_unix: i64) {
+        self.identity_renewals.with_label_values(&[outcome]).inc();
+        if expiry_unix > 0 {
+            self.identity_expiry.set(expiry_unix);
+        }
     }
 
     /// The `grpc_method` label for a request path: `/pkg.Service/Method` for gRPC paths while

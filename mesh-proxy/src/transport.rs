@@ -1,16 +1,25 @@
 //! The transport seam: how bytes reach a peer and how a peer's connection is accepted.
 //!
-//! Everything above this module speaks HTTP/2 over an [`Io`]; everything below is TCP today and
-//! mutual TLS tomorrow. Changing the transport changes [`Connector`] and [`Acceptor`], not the
-//! request path.
+//! Everything above this module speaks HTTP/2 over an [`Io`]; everything below is plaintext TCP
+//! (app-facing, and between proxies when no identity is configured) or mutual TLS (between
+//! proxies with an identity). Handshakes run in each connection's own task with a timeout, and
+//! every outcome is counted by reason.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_registry::Address;
+use mesh_registry::identity::Identity;
+use mesh_registry::{Address, ServiceName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::identity::IdentityState;
+use crate::metrics::{Direction, ProxyMetrics};
 
 /// A connection's byte stream.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -19,55 +28,157 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// A boxed byte stream, so that plaintext and TLS share one request path.
 pub(crate) type BoxIo = Box<dyn Io>;
 
-/// What the transport knows about the peer of an accepted connection.
+/// What the transport knows about the peer of an accepted connection. Inserted into every
+/// request's extensions.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerInfo {
     /// The remote socket address.
     pub(crate) addr: SocketAddr,
+    /// The peer's verified identity (mutual TLS only).
+    pub(crate) identity: Option<Identity>,
+}
+
+fn timed_out(what: &str, after: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out after {after:?}"))
+}
+
+/// Client-side TLS: one configuration per identity this proxy calls.
+struct TlsClient {
+    state: Arc<IdentityState>,
+    configs: Mutex<HashMap<ServiceName, Arc<rustls::ClientConfig>>>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// Opens connections to peers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Connector {
     timeout: Duration,
+    tls: Option<Arc<TlsClient>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").field("timeout", &self.timeout).field("tls", &self.tls.is_some()).finish()
+    }
 }
 
 impl Connector {
     /// Plaintext TCP with `timeout` on connecting.
     pub(crate) fn plaintext(timeout: Duration) -> Self {
-        Self { timeout }
+        Self { timeout, tls: None }
     }
 
-    /// Connects to `addr` (resolving DNS names), within the connect timeout.
-    pub(crate) async fn connect(&self, addr: &Address) -> io::Result<BoxIo> {
+    /// Mutual TLS: the server must prove the identity of the service being called.
+    pub(crate) fn mtls(timeout: Duration, state: Arc<IdentityState>, metrics: Arc<ProxyMetrics>) -> Self {
+        Self { timeout, tls: Some(Arc::new(TlsClient { state, configs: Mutex::default(), metrics })) }
+    }
+
+    /// Connects to `addr` (resolving DNS names), an instance of `service`, within the timeout.
+    pub(crate) async fn connect(&self, addr: &Address, service: &ServiceName) -> io::Result<BoxIo> {
         let connect = TcpStream::connect((addr.host(), addr.port()));
-        let tcp = tokio::time::timeout(self.timeout, connect).await.map_err(|_| {
-            io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {:?}", self.timeout))
-        })??;
+        let tcp =
+            tokio::time::timeout(self.timeout, connect).await.map_err(|_| timed_out("connect", self.timeout))??;
         tcp.set_nodelay(true)?;
-        Ok(Box::new(tcp))
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let config = tls.config(service).map_err(io::Error::other)?;
+        let server_name = ServerName::try_from(service.to_string()).map_err(io::Error::other)?;
+        let handshake = TlsConnector::from(config).connect(server_name, tcp);
+        let result = match tokio::time::timeout(self.timeout, handshake).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out("TLS handshake", self.timeout)),
+        };
+        let dir = Direction::Outbound.as_str();
+        match result {
+            Ok(stream) => {
+                tls.metrics.tls_handshakes.with_label_values(&[dir, "ok", "ok"]).inc();
+                Ok(Box::new(stream))
+            }
+            Err(error) => {
+                let reason = crate::tls::failure_reason(&error);
+                tls.metrics.tls_handshakes.with_label_values(&[dir, "failure", reason]).inc();
+                tracing::warn!(%addr, %service, reason, %error, "TLS handshake with a peer failed");
+                Err(error)
+            }
+        }
+    }
+}
+
+impl TlsClient {
+    fn config(&self, service: &ServiceName) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(config) = configs.get(service) {
+            return Ok(config.clone());
+        }
+        let expected = Identity::new(self.state.trust_domain.clone(), service.clone());
+        let config = crate::tls::client_config(&self.state, expected)?;
+        configs.insert(service.clone(), config.clone());
+        Ok(config)
     }
 }
 
 /// Accepts peers' connections.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Acceptor {
     handshake_timeout: Duration,
+    tls: Option<(TlsAcceptor, Arc<ProxyMetrics>)>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Acceptor {
     /// Plaintext: the connection is the TCP stream, once the peer has sent its first bytes.
     pub(crate) fn plaintext(handshake_timeout: Duration) -> Self {
-        Self { handshake_timeout }
+        Self { handshake_timeout, tls: None }
     }
 
-    /// Prepares an accepted TCP stream. A peer that sends nothing within the handshake timeout
-    /// is dropped, so idle sockets cannot pile up before the HTTP/2 preface.
+    /// Mutual TLS with the current identity; plaintext peers are refused.
+    pub(crate) fn mtls(
+        handshake_timeout: Duration,
+        state: &Arc<IdentityState>,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Result<Self, rustls::Error> {
+        let acceptor = TlsAcceptor::from(crate::tls::server_config(state)?);
+        Ok(Self { handshake_timeout, tls: Some((acceptor, metrics)) })
+    }
+
+    /// Prepares an accepted TCP stream within the handshake timeout. A peer that sends nothing,
+    /// or fails the TLS handshake, is dropped.
     pub(crate) async fn accept(&self, tcp: TcpStream, addr: SocketAddr) -> io::Result<(BoxIo, PeerInfo)> {
         tcp.set_nodelay(true)?;
-        tokio::time::timeout(self.handshake_timeout, tcp.readable())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no handshake within the timeout"))??;
-        Ok((Box::new(tcp), PeerInfo { addr }))
+        let Some((acceptor, metrics)) = &self.tls else {
+            tokio::time::timeout(self.handshake_timeout, tcp.readable())
+                .await
+                .map_err(|_| timed_out("first bytes", self.handshake_timeout))??;
+            return Ok((Box::new(tcp), PeerInfo { addr, identity: None }));
+        };
+        let result = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out("TLS handshake", self.handshake_timeout)),
+        };
+        let dir = Direction::Inbound.as_str();
+        match result {
+            Ok(stream) => {
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::spiffe_identity);
+                metrics.tls_handshakes.with_label_values(&[dir, "ok", "ok"]).inc();
+                Ok((Box::new(stream), PeerInfo { addr, identity }))
+            }
+            Err(error) => {
+                let reason = crate::tls::failure_reason(&error);
+                metrics.tls_handshakes.with_label_values(&[dir, "failure", reason]).inc();
+                tracing::info!(%addr, reason, %error, "refused a connection: TLS handshake failed");
+                Err(error)
+            }
+        }
     }
 }

@@ -59,6 +59,31 @@ impl ControlPlane {
         out.trim().to_string()
     }
 
+    /// Sidecar environment that turns on identity and mTLS for `service` (with a fresh token).
+    pub fn sidecar_env(&self, service: &str) -> Vec<(String, String)> {
+        vec![
+            ("MESH_IDENTITY_CA_ADDR".into(), format!("https://{}", self.addr)),
+            ("MESH_IDENTITY_CA_NAME".into(), "localhost".into()),
+            ("MESH_IDENTITY_TRUST_BUNDLE".into(), self.ca_dir().join("bundle.pem").display().to_string()),
+            ("MESH_IDENTITY_TOKEN".into(), self.token(service, "1h")),
+        ]
+    }
+
+    /// Signs a client/server certificate for `uri` with this CA's root, valid from `not_before`
+    /// to `not_after`: for tests that need certificates the CA would never issue.
+    pub fn forge(
+        &self,
+        uri: &str,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> (String, String) {
+        let root_key =
+            KeyPair::from_pem(&std::fs::read_to_string(self.ca_dir().join("root.key.pem")).unwrap()).unwrap();
+        let root_pem = std::fs::read_to_string(self.ca_dir().join("root.pem")).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+        forge_with(&issuer, uri, not_before, not_after)
+    }
+
     async fn try_client(&self) -> Option<IdentityClient<Channel>> {
         let tls =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.bundle_pem())).domain_name("localhost");
@@ -85,4 +110,30 @@ impl ControlPlane {
             .await?;
         Ok((key, reply.into_inner()))
     }
+}
+
+/// Signs a leaf for `uri` with `issuer`: (certificate PEM, key PEM).
+pub fn forge_with(
+    issuer: &rcgen::Issuer<'_, KeyPair>,
+    uri: &str,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> (String, String) {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A root CA that is not the mesh's.
+pub fn foreign_issuer() -> rcgen::Issuer<'static, KeyPair> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::Issuer::new(params, key)
 }

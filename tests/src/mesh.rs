@@ -101,9 +101,14 @@ pub struct EchoInstance {
 impl EchoInstance {
     /// Starts an echo app and its sidecar as instance `id` of `service`.
     pub fn start(etcd: &str, service: &str, id: &str) -> Self {
+        Self::start_with(etcd, service, id, &[])
+    }
+
+    /// The same, with extra sidecar environment (e.g. identity settings).
+    pub fn start_with(etcd: &str, service: &str, id: &str, sidecar_env: &[(&str, &str)]) -> Self {
         let app_addr = format!("127.0.0.1:{}", free_port());
         let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", id], &[]);
-        let sidecar = Sidecar::start(etcd, service, id, &app_addr, &[]);
+        let sidecar = Sidecar::start(etcd, service, id, &app_addr, sidecar_env);
         Self { app, sidecar, id: id.to_string() }
     }
 
@@ -119,9 +124,14 @@ impl EchoInstance {
 /// A client-side sidecar: a proxy whose own app is never called (its outbound side is what the
 /// test uses). Registers as service `client`.
 pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {
+    client_sidecar_with(etcd, &[]).await
+}
+
+/// The same, with extra sidecar environment.
+pub async fn client_sidecar_with(etcd: &str, sidecar_env: &[(&str, &str)]) -> (Proc, Sidecar) {
     let app_addr = format!("127.0.0.1:{}", free_port());
     let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", "client-app"], &[]);
-    let sidecar = Sidecar::start(etcd, "client", "client-1", &app_addr, &[]);
+    let sidecar = Sidecar::start(etcd, "client", "client-1", &app_addr, sidecar_env);
     sidecar.ready().await;
     (app, sidecar)
 }
