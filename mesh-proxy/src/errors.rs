@@ -36,6 +36,9 @@ pub(crate) enum ProxyError {
     /// The local application could not be reached.
     #[error("mesh: local application at {addr} unreachable: {cause}")]
     AppUnavailable { addr: String, cause: String },
+    /// The caller may not call this method (the message names the caller and the rule).
+    #[error("{0}")]
+    NotAuthorized(String),
     /// The proxy already tracks as many services as it may.
     #[error("mesh: too many services in use (limit {0})")]
     TooManyServices(usize),
@@ -53,6 +56,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream_failed",
             Self::AppUnavailable { .. } => "app_unavailable",
             Self::TooManyServices(_) => "too_many_services",
+            Self::NotAuthorized(_) => "not_authorized",
         }
     }
 
@@ -62,6 +66,7 @@ impl ProxyError {
             Self::BadAuthority(_) => Code::InvalidArgument,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::TooManyServices(_) => Code::ResourceExhausted,
+            Self::NotAuthorized(_) => Code::PermissionDenied,
             _ => Code::Unavailable,
         }
     }
@@ -71,6 +76,7 @@ impl ProxyError {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -22,6 +22,8 @@ use crate::transport::PeerInfo;
 #[derive(Debug)]
 pub(crate) struct Inbound {
     pub(crate) app: H2Client,
+    /// Present when callers have verified identities (mTLS).
+    pub(crate) authorizer: Option<crate::authz::Authorizer>,
     pub(crate) metrics: Arc<ProxyMetrics>,
     pub(crate) local: ServiceName,
 }
@@ -31,8 +33,8 @@ impl Inbound {
         let grpc = is_grpc(&req);
         let method = self.metrics.method_label(req.uri().path());
         // The caller: its verified identity under mTLS; otherwise what its proxy says.
-        let verified =
-            req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref()).map(|i| i.service().to_string());
+        let caller = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
+        let verified = caller.as_ref().map(|i| i.service().to_string());
         let source = verified.unwrap_or_else(|| {
             req.headers()
                 .get(CLIENT_SERVICE)
@@ -42,6 +44,14 @@ impl Inbound {
         });
         let recorder = self.metrics.start(Direction::Inbound, &source, self.local.as_str(), method);
         strip_hop_by_hop(req.headers_mut());
+
+        // Why here: after the caller is known, before anything reaches the app.
+        if let Some(authorizer) = &self.authorizer
+            && let mesh_registry::authz::Decision::Deny(message) = authorizer.decide(caller.as_ref(), req.uri().path())
+        {
+            tracing::info!(%message, "denied an inbound call");
+            return self.fail(ProxyError::NotAuthorized(message), grpc, recorder);
+        }
 
         let cause = match self.app.send(req).await {
             Ok(response) => {
@@ -54,6 +64,10 @@ impl Inbound {
         };
         let error = ProxyError::AppUnavailable { addr: self.app.addr().to_string(), cause };
         tracing::warn!(%error, "inbound call failed in the proxy");
+        self.fail(error, grpc, recorder)
+    }
+
+    fn fail(&self, error: ProxyError, grpc: bool, recorder: crate::metrics::Recorder) -> Response<ResponseBody> {
         self.metrics.proxy_errors.with_label_values(&[Direction::Inbound.as_str(), error.reason()]).inc();
         recorder.finish(crate::metrics::grpc_status_label((error.code() as i32).to_string().as_bytes()));
         error.into_response(grpc)

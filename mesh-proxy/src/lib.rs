@@ -24,6 +24,7 @@
 
 mod admin;
 mod authority;
+mod authz;
 mod balance;
 mod body;
 mod client;
@@ -150,7 +151,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         what: "app",
         source: std::io::Error::other(e),
     })?;
+    let authorizer = identity
+        .as_ref()
+        .map(|_| authz::Authorizer::new(etcd.clone(), &config.layout, config.service.clone(), proxy_metrics.clone()));
     let inbound = Arc::new(inbound::Inbound {
+        authorizer,
         app: H2Client::new(
             app_addr,
             config.service.clone(),

@@ -43,6 +43,7 @@ pub(crate) struct ProxyMetrics {
     pub(crate) endpoints: IntGaugeVec,
     pub(crate) retries: IntCounterVec,
     pub(crate) tls_handshakes: IntCounterVec,
+    pub(crate) authz_decisions: IntCounterVec,
     identity_expiry: prometheus::IntGauge,
     identity_renewals: IntCounterVec,
     label_overflow: IntCounter,
@@ -107,6 +108,11 @@ impl ProxyMetrics {
                 "mesh_tls_handshakes_total",
                 "mTLS handshakes between proxies by outcome and reason (expired, not_yet_valid, unknown_ca, wrong_identity, no_client_certificate, not_tls, timeout ...).",
                 &["direction", "outcome", "reason"],
+            )?,
+            authz_decisions: counter(
+                "mesh_authz_decisions_total",
+                "Inbound authorization decisions by result (allow, deny).",
+                &["result"],
             )?,
             identity_expiry: {
                 let g = prometheus::IntGauge::new(

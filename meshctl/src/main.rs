@@ -10,6 +10,7 @@ use mesh_registry::cli::{EtcdArgs, parse_or_exit};
 mod check;
 mod endpoints;
 mod output;
+mod policy;
 mod services;
 mod token;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Create, list and revoke join tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Validate, apply and inspect authorization policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// A failure that ends the command with exit code 1.
@@ -57,6 +61,8 @@ enum Error {
     CheckFailed,
     #[error("{0}")]
     Token(#[from] mesh_registry::tokens::TokenError),
+    #[error("{0}")]
+    Policy(#[from] policy::PolicyCmdError),
 }
 
 fn main() {
@@ -89,6 +95,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Check => check::run(&mut client, &config, layout, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
+        Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
     }
 }
 

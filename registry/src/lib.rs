@@ -17,11 +17,14 @@
 //!   [`list`]: a one-shot consistent listing for tools.
 //! - [`identity`]: SPIFFE service identities; [`tokens`]: join tokens that bind a service name,
 //!   created by operators and verified by the certificate authority.
+//! - [`authz`]: authorization policies and their evaluation; [`watch_prefix`]: a live copy of
+//!   any prefix's raw values (policies).
 //! - [`etcd`]: connection settings; [`metrics`]: counters for all of the above.
 //!
 //! # Feature flags
 //! - `cli`: the clap flags (`--etcd-*`, `--lease-*`) every mesh binary shares.
 
+pub mod authz;
 mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -36,6 +39,7 @@ pub mod record;
 pub mod register;
 pub mod tokens;
 mod view;
+pub mod watch_prefix;
 
 pub use discover::{View, ViewConfig};
 pub use etcd::EtcdConfig;

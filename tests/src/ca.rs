@@ -137,3 +137,53 @@ pub fn foreign_issuer() -> rcgen::Issuer<'static, KeyPair> {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     rcgen::Issuer::new(params, key)
 }
+
+/// etcd, the control plane, a meshed echo instance (`echo-1` of `echo`) and a client sidecar
+/// (service `client`), all proxies with identities and mTLS.
+#[derive(Debug)]
+pub struct SecuredMesh {
+    /// The registry.
+    pub etcd: crate::etcd::Etcd,
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The echo instance.
+    pub server: crate::mesh::EchoInstance,
+    /// The `client` sidecar.
+    pub client: crate::mesh::Sidecar,
+    _client_app: Proc,
+}
+
+impl SecuredMesh {
+    /// Starts everything and waits until every proxy is ready.
+    pub async fn start() -> Self {
+        let etcd = crate::etcd::Etcd::start().await;
+        let cp = ControlPlane::start(&etcd.endpoint()).await;
+        let server =
+            crate::mesh::EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &as_env(&cp.sidecar_env("echo")));
+        server.sidecar.ready().await;
+        let (client_app, client) =
+            crate::mesh::client_sidecar_with(&etcd.endpoint(), &as_env(&cp.sidecar_env("client"))).await;
+        Self { etcd, cp, server, client, _client_app: client_app }
+    }
+
+    /// Another caller with identity `service`: its app and its sidecar.
+    pub async fn caller(&self, service: &str) -> (Proc, crate::mesh::Sidecar) {
+        let app_addr = format!("127.0.0.1:{}", free_port());
+        let app =
+            Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", &format!("{service}-app")], &[]);
+        let sidecar = crate::mesh::Sidecar::start(
+            &self.etcd.endpoint(),
+            service,
+            &format!("{service}-1"),
+            &app_addr,
+            &as_env(&self.cp.sidecar_env(service)),
+        );
+        sidecar.ready().await;
+        (app, sidecar)
+    }
+}
+
+/// Borrowed view of owned environment pairs.
+pub fn as_env(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

@@ -8,31 +8,12 @@
 use std::time::{Duration, SystemTime};
 
 use mesh_proto::demo::v1::{EchoRequest, StatsRequest};
-use mesh_tests::ca::{ControlPlane, foreign_issuer, forge_with};
-use mesh_tests::etcd::Etcd;
-use mesh_tests::mesh::{EchoInstance, Sidecar, client_sidecar_with};
-use mesh_tests::process::Proc;
+use mesh_tests::ca::{SecuredMesh, as_env, foreign_issuer, forge_with};
+use mesh_tests::mesh::EchoInstance;
 use mesh_tests::tls::probe;
 
-struct Secured {
-    etcd: Etcd,
-    cp: ControlPlane,
-    server: EchoInstance,
-    client: Sidecar,
-    _client_app: Proc,
-}
-
-async fn secured() -> Secured {
-    let etcd = Etcd::start().await;
-    let cp = ControlPlane::start(&etcd.endpoint()).await;
-    let env = cp.sidecar_env("echo");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &env);
-    server.sidecar.ready().await;
-    let env = cp.sidecar_env("client");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (client_app, client) = client_sidecar_with(&etcd.endpoint(), &env).await;
-    Secured { etcd, cp, server, client, _client_app: client_app }
+async fn secured() -> SecuredMesh {
+    SecuredMesh::start().await
 }
 
 fn counter(metrics: &str, prefix: &str) -> u64 {
@@ -128,7 +109,7 @@ async fn a_server_proving_another_identity_is_refused_by_the_caller() {
     let mut s = secured().await;
     // An impostor instance of "echo" whose certificate (genuinely from the mesh CA) says payments.
     let env = s.cp.sidecar_env("payments");
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env = as_env(&env);
     env.push(("MESH_SERVICE", "payments"));
     let impostor = EchoInstance::start_with(&s.etcd.endpoint(), "payments", "impostor", &env);
     impostor.sidecar.ready().await;
