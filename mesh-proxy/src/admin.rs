@@ -1,5 +1,6 @@
 //! The admin server: `/live` (the process runs), `/ready` (registered and serving), `/metrics`
-//! (Prometheus text). HTTP/1.1, loopback by default.
+//! (Prometheus text), `/identity` (this proxy's identity and certificate expiry, JSON). HTTP/1.1,
+//! loopback by default.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,23 @@ use tokio::net::TcpListener;
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: prometheus::Registry,
+    /// Set once the proxy has an identity (mTLS on).
+    pub(crate) identity: std::sync::OnceLock<Arc<crate::identity::IdentityState>>,
+}
+
+fn identity_json(state: &AdminState) -> String {
+    let Some(identity) = state.identity.get() else {
+        return r#"{"mtls":false}"#.to_string();
+    };
+    let current = identity.current();
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = unix(std::time::SystemTime::now());
+    let not_after = unix(current.not_after);
+    format!(
+        r#"{{"mtls":true,"identity":"{}","not_after":{not_after},"expires_in_seconds":{}}}"#,
+        current.identity,
+        i128::from(not_after) - i128::from(now)
+    )
 }
 
 type Body = http_body_util::Full<Bytes>;
@@ -46,6 +64,7 @@ fn respond(path: &str, state: &AdminState) -> Response<Body> {
             (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
         }
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"not ready\n"), "text/plain"),
+        "/identity" => (StatusCode::OK, Bytes::from(identity_json(state)), "application/json"),
         "/metrics" => {
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();
@@ -54,7 +73,11 @@ fn respond(path: &str, state: &AdminState) -> Response<Body> {
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(e.to_string()), "text/plain"),
             }
         }
-        _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"not found: try /live, /ready, /metrics\n"), "text/plain"),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"not found: try /live, /ready, /metrics, /identity\n"),
+            "text/plain",
+        ),
     };
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;

@@ -93,7 +93,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(&registry)?);
     let registry_metrics = Arc::new(mesh_registry::Metrics::new());
     registry_metrics.register(&registry)?;
-    let admin_state = Arc::new(admin::AdminState { ready: false.into(), registry });
+    let admin_state = Arc::new(admin::AdminState { ready: false.into(), registry, identity: Default::default() });
 
     // Listeners first: a bad address fails the start, before anything is registered.
     let admin_listener = bind(config.admin_addr, "admin").await?;
@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             state = identity::bootstrap(identity_config, &config.service, &proxy_metrics) => {
                 let state = state?;
                 tokio::spawn(identity::renew_forever(state.clone(), identity_config.clone(), config.service.clone(), proxy_metrics.clone()));
+                let _ = admin_state.identity.set(state.clone());
                 Some(state)
             }
             _ = &mut shutdown => return Ok(()),

@@ -37,8 +37,13 @@ pub(crate) async fn run(
     config: &EtcdConfig,
     layout: &Layout,
     format: Format,
+    ca_bundle: Option<&std::path::Path>,
+    warn_within: std::time::Duration,
 ) -> Result<(), Error> {
-    let checks = checks(client, config, layout).await;
+    let mut checks = checks(client, config, layout).await;
+    if let Some(path) = ca_bundle {
+        checks.push(bundle_check(path, warn_within));
+    }
     let failed = checks.iter().any(|c| c.status == Status::Fail);
     match format {
         Format::Json => print_json(&serde_json::json!({ "ok": !failed, "checks": checks })),
@@ -113,4 +118,38 @@ async fn checks(client: &mut Client, config: &EtcdConfig, layout: &Layout) -> Ve
         Err(e) => checks.push(Check::new("records-valid", Status::Fail, format!("cannot list records: {e}"))),
     }
     checks
+}
+
+/// Roots in the trust bundle: expired fails, expiring within `warn_within` warns.
+fn bundle_check(path: &std::path::Path, warn_within: std::time::Duration) -> Check {
+    let pem = match std::fs::read_to_string(path) {
+        Ok(pem) => pem,
+        Err(e) => return Check::new("trust-bundle", Status::Fail, format!("cannot read {}: {e}", path.display())),
+    };
+    let roots = match crate::identity::bundle_expiries(&pem) {
+        Ok(roots) => roots,
+        Err(e) => return Check::new("trust-bundle", Status::Fail, format!("{}: {e}", path.display())),
+    };
+    let now = std::time::SystemTime::now();
+    let mut status = Status::Ok;
+    let mut details = Vec::new();
+    for (subject, not_after) in roots {
+        let left = not_after.duration_since(now).unwrap_or_default();
+        let when = humantime::format_rfc3339_seconds(not_after);
+        if left.is_zero() {
+            status = Status::Fail;
+            details.push(format!("{subject} EXPIRED at {when}"));
+        } else if left < warn_within {
+            if status == Status::Ok {
+                status = Status::Warn;
+            }
+            details.push(format!(
+                "{subject} expires {when}, within {}: rotate the root",
+                humantime::format_duration(warn_within)
+            ));
+        } else {
+            details.push(format!("{subject} valid until {when}"));
+        }
+    }
+    Check::new("trust-bundle", status, details.join("; "))
 }

@@ -9,6 +9,7 @@ use mesh_registry::cli::{EtcdArgs, parse_or_exit};
 
 mod check;
 mod endpoints;
+mod identity;
 mod output;
 mod policy;
 mod services;
@@ -38,8 +39,25 @@ enum Command {
         /// The service.
         service: ServiceName,
     },
-    /// Check that etcd is reachable and the mesh prefix readable.
-    Check,
+    /// Check that etcd is reachable and the mesh prefix readable (and, given a trust bundle,
+    /// that no root expires soon).
+    Check {
+        /// A trust bundle (the CA's bundle.pem) whose roots to check.
+        #[arg(long = "ca-bundle", env = "MESH_IDENTITY_TRUST_BUNDLE")]
+        ca_bundle: Option<std::path::PathBuf>,
+        /// Warn about certificates expiring within this long.
+        #[arg(long = "warn-within", default_value = "720h", value_parser = mesh_registry::cli::duration)]
+        warn_within: std::time::Duration,
+    },
+    /// Show a proxy's identity and certificate expiry (from its admin port).
+    Identity {
+        /// The proxy's admin address.
+        #[arg(long, default_value = "127.0.0.1:4191")]
+        admin: String,
+        /// Warn (and exit 1) when the certificate expires within this long.
+        #[arg(long = "warn-within", default_value = "1h", value_parser = mesh_registry::cli::duration)]
+        warn_within: std::time::Duration,
+    },
     /// Create, list and revoke join tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -63,6 +81,33 @@ enum Error {
     Token(#[from] mesh_registry::tokens::TokenError),
     #[error("{0}")]
     Policy(#[from] policy::PolicyCmdError),
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityCmdError),
+}
+
+async fn show_identity(admin: &str, warn_within: std::time::Duration, format: Format) -> Result<(), Error> {
+    let id = identity::fetch(admin).await?;
+    if format == Format::Json {
+        output::print_json(&id);
+    } else if !id.mtls {
+        println!("proxy at {admin}: no identity (mTLS off)");
+    } else {
+        let left = id.expires_in_seconds.unwrap_or(0);
+        println!(
+            "proxy at {admin}: {} (certificate expires in {})",
+            id.identity.as_deref().unwrap_or("?"),
+            humantime::format_duration(std::time::Duration::from_secs(u64::try_from(left.max(0)).unwrap_or(0)))
+        );
+    }
+    let left = id.expires_in_seconds.unwrap_or(i64::MAX);
+    if id.mtls && left < i64::try_from(warn_within.as_secs()).unwrap_or(i64::MAX) {
+        eprintln!(
+            "WARN certificate expires within {}: is the proxy's CA reachable?",
+            humantime::format_duration(warn_within)
+        );
+        return Err(Error::CheckFailed);
+    }
+    Ok(())
 }
 
 fn main() {
@@ -93,7 +138,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Endpoints { service } => {
             endpoints::run(&mut client, layout, &service, cli.output).await.map_err(unreachable)
         }
-        Command::Check => check::run(&mut client, &config, layout, cli.output).await,
+        Command::Check { ca_bundle, warn_within } => {
+            check::run(&mut client, &config, layout, cli.output, ca_bundle.as_deref(), warn_within).await
+        }
+        Command::Identity { admin, warn_within } => show_identity(&admin, warn_within, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
         Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
     }

@@ -21,24 +21,45 @@ pub struct ControlPlane {
     /// The CA directory.
     pub dir: tempfile::TempDir,
     etcd: String,
+    leaf_lifetime: String,
 }
 
 impl ControlPlane {
     /// `mesh-registry init` into a temp dir, then `serve` against the etcd at `etcd`.
     pub async fn start(etcd: &str) -> Self {
+        Self::start_with_lifetime(etcd, "24h").await
+    }
+
+    /// The same, issuing leaves that live `leaf_lifetime`.
+    pub async fn start_with_lifetime(etcd: &str, leaf_lifetime: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         let (code, _, err) = run("mesh-registry", &["init", "--ca-dir", ca_dir.to_str().unwrap()]);
         assert_eq!(code, 0, "init failed: {err}");
         let addr = format!("127.0.0.1:{}", free_port());
-        let proc = Proc::start(
-            "mesh-registry",
-            &["serve", "--ca-dir", ca_dir.to_str().unwrap(), "--listen", &addr],
-            &[("MESH_ETCD_ENDPOINTS", etcd), ("MESH_LEAF_LIFETIME", "24h")],
-        );
-        let cp = Self { proc, addr, dir, etcd: etcd.to_string() };
+        let proc = Self::spawn(&ca_dir, &addr, etcd, leaf_lifetime);
+        let cp = Self { proc, addr, dir, etcd: etcd.to_string(), leaf_lifetime: leaf_lifetime.to_string() };
         eventually("the CA to serve", Duration::from_secs(10), || async { cp.try_client().await }).await;
         cp
+    }
+
+    fn spawn(ca_dir: &std::path::Path, addr: &str, etcd: &str, leaf_lifetime: &str) -> Proc {
+        Proc::start(
+            "mesh-registry",
+            &["serve", "--ca-dir", ca_dir.to_str().unwrap(), "--listen", addr],
+            &[("MESH_ETCD_ENDPOINTS", etcd), ("MESH_LEAF_LIFETIME", leaf_lifetime)],
+        )
+    }
+
+    /// Stops the CA (SIGKILL).
+    pub fn kill(&mut self) {
+        self.proc.sigkill();
+    }
+
+    /// Starts the CA again on the same address with the same files.
+    pub async fn restart(&mut self) {
+        self.proc = Self::spawn(&self.ca_dir(), &self.addr, &self.etcd, &self.leaf_lifetime);
+        eventually("the CA to serve again", Duration::from_secs(10), || async { self.try_client().await }).await;
     }
 
     /// The CA directory (`root.pem`, `root.key.pem`, `bundle.pem`).
@@ -156,8 +177,13 @@ pub struct SecuredMesh {
 impl SecuredMesh {
     /// Starts everything and waits until every proxy is ready.
     pub async fn start() -> Self {
+        Self::start_with_lifetime("24h").await
+    }
+
+    /// The same, with leaf certificates living `leaf_lifetime` (to watch renewals).
+    pub async fn start_with_lifetime(leaf_lifetime: &str) -> Self {
         let etcd = crate::etcd::Etcd::start().await;
-        let cp = ControlPlane::start(&etcd.endpoint()).await;
+        let cp = ControlPlane::start_with_lifetime(&etcd.endpoint(), leaf_lifetime).await;
         let server =
             crate::mesh::EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &as_env(&cp.sidecar_env("echo")));
         server.sidecar.ready().await;

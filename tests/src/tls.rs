@@ -44,6 +44,29 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// The leaf certificate a TLS server at `addr` presents to a client presenting `client`.
+pub async fn server_certificate(addr: &str, client: (String, String)) -> Result<CertificateDer<'static>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<_> =
+        CertificateDer::pem_slice_iter(client.0.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).map_err(|e| e.to_string())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("echo").map_err(|e| e.to_string())?, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let certs = tls.get_ref().1.peer_certificates().ok_or("no server certificate")?;
+    Ok(certs[0].clone().into_owned())
+}
+
 /// Connects to `addr` with TLS 1.3 and ALPN h2, presenting `client` (cert PEM, key PEM) if
 /// given, sends the HTTP/2 preface, and reports whether the proxy let the connection carry data:
 /// `Ok(())` if the proxy answered with HTTP/2 bytes, `Err(why)` if the handshake or the first read

@@ -140,3 +140,29 @@ async fn a_server_proving_another_identity_is_refused_by_the_caller() {
         "nothing reached the impostor's app"
     );
 }
+
+#[tokio::test]
+async fn meshctl_shows_identities_and_warns_about_expiring_roots() {
+    let s = secured().await;
+    let ep = s.etcd.endpoint();
+    let (code, out, err) = mesh_tests::process::run("meshctl", &["identity", "--admin", &s.server.sidecar.admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("spiffe://mesh.local/svc/echo") && out.contains("expires in"), "{out}");
+    let (code, _, err) =
+        mesh_tests::process::run("meshctl", &["identity", "--admin", &s.server.sidecar.admin, "--warn-within", "48h"]);
+    assert_eq!(code, 1, "a 24 h certificate is within 48 h: {err}");
+    assert!(err.contains("WARN certificate expires within"), "{err}");
+
+    let bundle = s.cp.ca_dir().join("bundle.pem").display().to_string();
+    let (code, out, err) =
+        mesh_tests::process::run("meshctl", &["--etcd-endpoints", &ep, "check", "--ca-bundle", &bundle]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok   trust-bundle") && out.contains("valid until"), "{out}");
+    // A threshold beyond the root's ten years: warned, not failed.
+    let (code, _, err) = mesh_tests::process::run(
+        "meshctl",
+        &["--etcd-endpoints", &ep, "check", "--ca-bundle", &bundle, "--warn-within", "4000days"],
+    );
+    assert_eq!(code, 0);
+    assert!(err.contains("WARN trust-bundle") && err.contains("rotate the root"), "{err}");
+}
