@@ -65,6 +65,8 @@ pub enum IdentityError {
 #[derive(Debug)]
 pub(crate) struct Credentials {
     pub(crate) key: Arc<CertifiedKey>,
+    /// The trust bundle as received (also what the next request to the CA trusts).
+    pub(crate) bundle_pem: String,
     pub(crate) roots: Arc<RootCertStore>,
     pub(crate) identity: Identity,
     pub(crate) not_after: SystemTime,
@@ -142,6 +144,7 @@ pub(crate) async fn obtain(config: &IdentityConfig, service: &ServiceName) -> Re
     let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(reply.not_after).unwrap_or(0));
     Ok(Credentials {
         key: Arc::new(CertifiedKey::new(chain, signing_key)),
+        bundle_pem: reply.trust_bundle_pem,
         roots: Arc::new(roots),
         identity,
         not_after,
@@ -174,13 +177,15 @@ pub(crate) async fn bootstrap(
     }
 }
 
-/// Renews the identity for as long as the proxy runs.
+/// Renews the identity for as long as the proxy runs. The CA is trusted through the latest bundle
+/// it sent, so a root rotation reaches the proxy's connection to the CA as well.
 pub(crate) async fn renew_forever(
     state: Arc<IdentityState>,
-    config: IdentityConfig,
+    mut config: IdentityConfig,
     service: ServiceName,
     metrics: Arc<ProxyMetrics>,
 ) {
+    config.trust_bundle = state.current().bundle_pem.clone();
     let mut failures = 0u32;
     loop {
         let current = state.current();
@@ -197,6 +202,7 @@ pub(crate) async fn renew_forever(
                 failures = 0;
                 metrics.record_identity("ok", unix(credentials.not_after));
                 tracing::info!(identity = %credentials.identity, not_after = unix(credentials.not_after), "renewed the identity");
+                config.trust_bundle = credentials.bundle_pem.clone();
                 state.replace(credentials);
             }
             Err(error) => {

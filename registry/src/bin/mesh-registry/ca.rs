@@ -40,6 +40,8 @@ pub(crate) enum CaError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid certificate signing request: {0}")]
     BadCsr(rcgen::Error),
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
@@ -75,6 +77,15 @@ pub(crate) fn init(dir: &Path, trust_domain: &TrustDomain, lifetime: Duration) -
         }
     }
     std::fs::create_dir_all(dir).map_err(|source| CaError::Io { path: dir.to_path_buf(), source })?;
+    let (cert_pem, key_pem) = new_root(trust_domain, lifetime)?;
+    write(&files.root_key, &key_pem, true)?;
+    write(&files.root_cert, &cert_pem, false)?;
+    write(&files.bundle, &cert_pem, false)?;
+    Ok(())
+}
+
+/// A new self-signed root: (certificate PEM, key PEM).
+pub(crate) fn new_root(trust_domain: &TrustDomain, lifetime: Duration) -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let now = SystemTime::now();
@@ -86,10 +97,7 @@ pub(crate) fn init(dir: &Path, trust_domain: &TrustDomain, lifetime: Duration) -
     params.distinguished_name.push(DnType::CommonName, format!("mesh root CA ({trust_domain})"));
     params.serial_number = Some(random_serial());
     let cert = params.self_signed(&key)?;
-    write(&files.root_key, &key.serialize_pem(), true)?;
-    write(&files.root_cert, &cert.pem(), false)?;
-    write(&files.bundle, &cert.pem(), false)?;
-    Ok(())
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// A loaded CA.
@@ -103,6 +111,7 @@ pub(crate) struct Ca {
 impl Ca {
     /// Loads the root (or intermediate) and trust bundle from `dir`.
     pub(crate) fn load(dir: &Path, trust_domain: TrustDomain, leaf_lifetime: Duration) -> Result<Self, CaError> {
+        // (Root files are replaced atomically by `rotate`, so a load never sees half a file.)
         let files = CaFiles::in_dir(dir);
         let key = KeyPair::from_pem(&read(&files.root_key)?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(&files.root_cert)?, key)?;

@@ -16,7 +16,8 @@ use crate::ca::Ca;
 const MAX_CSR_BYTES: usize = 8 * 1024;
 
 pub(crate) struct Certify {
-    pub(crate) ca: Arc<Ca>,
+    /// The current CA; swapped when its files change.
+    pub(crate) ca: Arc<std::sync::RwLock<Arc<Ca>>>,
     pub(crate) etcd: etcd_client::Client,
     pub(crate) layout: Layout,
     /// Issued and refused counts, by reason (logged; exported once the control plane has metrics).
@@ -60,7 +61,8 @@ impl Identity for Certify {
                 });
             }
         };
-        let leaf = self.ca.issue(&csr_der, &service).map_err(|error| {
+        let ca = self.ca.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let leaf = ca.issue(&csr_der, &service).map_err(|error| {
             self.count("bad_csr");
             Status::invalid_argument(format!("mesh: {error}"))
         })?;
@@ -68,7 +70,7 @@ impl Identity for Certify {
         tracing::info!(?peer, identity = %leaf.identity, not_after = unix(leaf.not_after), "issued a certificate");
         Ok(Response::new(CertifyResponse {
             certificate_chain_pem: leaf.chain_pem,
-            trust_bundle_pem: self.ca.bundle_pem().to_string(),
+            trust_bundle_pem: ca.bundle_pem().to_string(),
             identity: leaf.identity.uri(),
             not_before: unix(leaf.not_before),
             not_after: unix(leaf.not_after),

@@ -16,6 +16,7 @@ use mesh_registry::identity::TrustDomain;
 
 mod ca;
 mod certify;
+mod rotate;
 
 /// The mesh's control plane.
 #[derive(Parser, Debug)]
@@ -28,19 +29,45 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a new root CA in --ca-dir (refuses to overwrite one).
-    Init {
-        /// Where the CA's files go.
-        #[arg(long = "ca-dir", env = "MESH_CA_DIR")]
-        ca_dir: PathBuf,
-        /// The trust domain every identity belongs to.
-        #[arg(long = "trust-domain", env = "MESH_TRUST_DOMAIN", default_value = mesh_registry::identity::DEFAULT_TRUST_DOMAIN)]
-        trust_domain: TrustDomain,
-        /// How long the root is valid.
-        #[arg(long = "root-lifetime", env = "MESH_ROOT_LIFETIME", default_value = "3650days", value_parser = duration, value_name = "DURATION")]
-        root_lifetime: Duration,
-    },
+    Init(NewRootArgs),
     /// Serve the Certify API over TLS.
     Serve(Box<ServeArgs>),
+    /// Rotate the root: add, then promote, then retire (see the README).
+    #[command(subcommand)]
+    Root(RootStep),
+}
+
+#[derive(Subcommand, Debug)]
+enum RootStep {
+    /// Step 1: create the next root and add it to the trust bundle.
+    Add(NewRootArgs),
+    /// Step 2: issue from the next root from now on (restart the CA afterwards so its own TLS
+    /// certificate comes from the new root too).
+    Promote {
+        /// The CA directory.
+        #[arg(long = "ca-dir", env = "MESH_CA_DIR")]
+        ca_dir: PathBuf,
+    },
+    /// Step 3: trust only the current root.
+    Retire {
+        /// The CA directory.
+        #[arg(long = "ca-dir", env = "MESH_CA_DIR")]
+        ca_dir: PathBuf,
+    },
+}
+
+/// Flags of the commands that create a root (`init`, `root add`).
+#[derive(clap::Args, Debug)]
+struct NewRootArgs {
+    /// The CA directory.
+    #[arg(long = "ca-dir", env = "MESH_CA_DIR")]
+    ca_dir: PathBuf,
+    /// The trust domain every identity belongs to.
+    #[arg(long = "trust-domain", env = "MESH_TRUST_DOMAIN", default_value = mesh_registry::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+    /// How long the root is valid.
+    #[arg(long = "root-lifetime", env = "MESH_ROOT_LIFETIME", default_value = "3650days", value_parser = duration, value_name = "DURATION")]
+    root_lifetime: Duration,
 }
 
 /// `mesh-registry serve` flags.
@@ -74,8 +101,25 @@ fn main() {
     let cli: Cli = parse_or_exit();
     init_logging("info");
     let result = match cli.command {
-        Command::Init { ca_dir, trust_domain, root_lifetime } => ca::init(&ca_dir, &trust_domain, root_lifetime)
-            .map(|()| println!("created a root CA for {trust_domain} in {}", ca_dir.display()))
+        Command::Init(NewRootArgs { ca_dir, trust_domain, root_lifetime }) => {
+            ca::init(&ca_dir, &trust_domain, root_lifetime)
+                .map(|()| println!("created a root CA for {trust_domain} in {}", ca_dir.display()))
+                .map_err(|e| e.to_string())
+        }
+        Command::Root(RootStep::Add(NewRootArgs { ca_dir, trust_domain, root_lifetime })) => {
+            rotate::add(&ca_dir, &trust_domain, root_lifetime)
+                .map(|()| {
+                    println!("added a new root to the trust bundle; wait for every proxy to renew, then `root promote`")
+                })
+                .map_err(|e| e.to_string())
+        }
+        Command::Root(RootStep::Promote { ca_dir }) => rotate::promote(&ca_dir)
+            .map(|()| {
+                println!("the new root now issues; restart the CA, wait for every proxy to renew, then `root retire`")
+            })
+            .map_err(|e| e.to_string()),
+        Command::Root(RootStep::Retire { ca_dir }) => rotate::retire(&ca_dir)
+            .map(|()| println!("the trust bundle now holds only the current root"))
             .map_err(|e| e.to_string()),
         Command::Serve(args) => {
             match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -95,8 +139,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let ca = ca::Ca::load(&ca_dir, trust_domain.clone(), leaf_lifetime).map_err(|e| e.to_string())?;
     let (cert, key) = ca.serving_identity(&server_names).map_err(|e| e.to_string())?;
     let client = etcd.config().connect().await.map_err(|e| e.to_string())?;
+    let ca = Arc::new(std::sync::RwLock::new(Arc::new(ca)));
+    tokio::spawn(reload_on_change(ca_dir.clone(), trust_domain.clone(), leaf_lifetime, ca.clone()));
     let certify =
-        certify::Certify { ca: Arc::new(ca), etcd: client, layout: etcd.prefix.clone(), outcomes: Default::default() };
+        certify::Certify { ca: ca.clone(), etcd: client, layout: etcd.prefix.clone(), outcomes: Default::default() };
     let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
     tracing::info!(%listen, %trust_domain, ?leaf_lifetime, "serving Certify");
     tonic::transport::Server::builder()
@@ -109,6 +155,35 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .serve_with_shutdown(listen, shutdown_signal())
         .await
         .map_err(|e| format!("serving on {listen}: {e}"))
+}
+
+/// Reloads the CA's files within a second of a change (root rotation steps).
+async fn reload_on_change(
+    dir: PathBuf,
+    trust_domain: TrustDomain,
+    leaf_lifetime: Duration,
+    ca: Arc<std::sync::RwLock<Arc<ca::Ca>>>,
+) {
+    let files = ca::CaFiles::in_dir(&dir);
+    let stamp = || {
+        [&files.root_cert, &files.root_key, &files.bundle].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let mut last = stamp();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = stamp();
+        if now == last {
+            continue;
+        }
+        match ca::Ca::load(&dir, trust_domain.clone(), leaf_lifetime) {
+            Ok(loaded) => {
+                *ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                last = now;
+                tracing::info!(dir = %dir.display(), "reloaded the CA's root and trust bundle");
+            }
+            Err(error) => tracing::warn!(%error, "CA files changed but cannot be loaded; keeping the previous ones"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
