@@ -3,6 +3,7 @@
 #   direct      the echo app itself
 #   hop1        one mesh-proxy hop   (load -> server sidecar inbound -> app)
 #   hop2        the real mesh path   (load -> client sidecar outbound -> server sidecar inbound -> app)
+#   hop2tls     the same with identities from the control plane and mutual TLS between the proxies
 #   nginx       nginx grpc_pass, one worker           (single-hop peer)
 #   haproxy     HAProxy in HTTP/2 mode, nbthread 1     (single-hop peer)
 # with the proxy at 1 worker thread (like for like) and at its default (2). Loads: 100-byte unary,
@@ -31,7 +32,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --locked -p mesh-proxy -p mesh-demo
+cargo build --release --locked -p mesh-proxy -p mesh-demo -p meshctl -p mesh-registry
 BIN="${CARGO_TARGET_DIR:-target}/release"
 OUT="${CARGO_TARGET_DIR:-target}/bench"
 WORK="$(mktemp -d)"; echo "work dir: $WORK" >&2
@@ -63,19 +64,34 @@ APP=$(port)
 MESH_LOG=warn "$BIN/mesh-demo" echo --listen "127.0.0.1:$APP" --instance-id bench-echo >"$WORK/app.log" 2>&1 &
 pids+=($!); wait_port "$APP"
 
-# Proxies: for each worker count, a server sidecar (service echo) and a client sidecar.
+# The control plane's CA, for the mTLS mesh path.
+CA=$(port)
+"$BIN/mesh-registry" init --ca-dir "$WORK/ca" >/dev/null
+MESH_LOG=warn "$BIN/mesh-registry" serve --ca-dir "$WORK/ca" --listen "127.0.0.1:$CA" --etcd-endpoints "127.0.0.1:$ETCD" >"$WORK/ca.log" 2>&1 &
+pids+=($!); wait_port "$CA"
+
+# Proxies: for each worker count (and plaintext or mTLS), a server sidecar and a client sidecar.
 declare -A PROXY_PID HOP1_ADDR HOP2_ADDR
-for workers in 1 2; do
-  for role in server client; do
-    in=$(port); out=$(port); admin=$(port)
-    service=$([ "$role" = server ] && echo "echo-w$workers" || echo "client-w$workers")
-    MESH_LOG=warn "$BIN/mesh-proxy" --service "$service" --instance-id "$role-$workers" --app-addr "127.0.0.1:$APP" \
-      --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
-      --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" >"$WORK/$role-$workers.log" 2>&1 &
-    pids+=($!); PROXY_PID[$role-$workers]=$!
-    wait_ready "127.0.0.1:$admin"
-    [ "$role" = server ] && HOP1_ADDR[$workers]="127.0.0.1:$in"
-    [ "$role" = client ] && HOP2_ADDR[$workers]="127.0.0.1:$out"
+for mode in plain tls; do
+  for workers in 1 2; do
+    for role in server client; do
+      in=$(port); out=$(port); admin=$(port)
+      suffix=$([ "$mode" = tls ] && echo "tls-w$workers" || echo "w$workers")
+      service=$([ "$role" = server ] && echo "echo-$suffix" || echo "client-$suffix")
+      identity=()
+      if [ "$mode" = tls ]; then
+        token=$("$BIN/meshctl" --etcd-endpoints "127.0.0.1:$ETCD" token create "$service" --ttl 2h 2>/dev/null)
+        identity=(--identity-ca-addr "https://127.0.0.1:$CA" --identity-ca-name localhost
+          --identity-trust-bundle "$WORK/ca/bundle.pem" --identity-token "$token")
+      fi
+      MESH_LOG=warn "$BIN/mesh-proxy" --service "$service" --instance-id "$role-$suffix" --app-addr "127.0.0.1:$APP" \
+        --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
+        --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" "${identity[@]}" >"$WORK/$role-$suffix.log" 2>&1 &
+      pids+=($!); PROXY_PID[$role-$suffix]=$!
+      wait_ready "127.0.0.1:$admin"
+      [ "$role" = server ] && HOP1_ADDR[$suffix]="127.0.0.1:$in"
+      [ "$role" = client ] && HOP2_ADDR[$suffix]="127.0.0.1:$out"
+    done
   done
 done
 
@@ -126,14 +142,16 @@ pids+=($!); HAPROXY_PID=$!; wait_port "$HAPROXY"
 # target name -> "address authority pids-to-measure"
 declare -A TARGETS=(
   [direct]="127.0.0.1:$APP echo -"
-  [hop1-w1]="${HOP1_ADDR[1]} echo ${PROXY_PID[server-1]}"
-  [hop2-w1]="${HOP2_ADDR[1]} echo-w1 ${PROXY_PID[client-1]},${PROXY_PID[server-1]}"
-  [hop1-w2]="${HOP1_ADDR[2]} echo ${PROXY_PID[server-2]}"
-  [hop2-w2]="${HOP2_ADDR[2]} echo-w2 ${PROXY_PID[client-2]},${PROXY_PID[server-2]}"
+  [hop1-w1]="${HOP1_ADDR[w1]} echo ${PROXY_PID[server-w1]}"
+  [hop2-w1]="${HOP2_ADDR[w1]} echo-w1 ${PROXY_PID[client-w1]},${PROXY_PID[server-w1]}"
+  [hop1-w2]="${HOP1_ADDR[w2]} echo ${PROXY_PID[server-w2]}"
+  [hop2-w2]="${HOP2_ADDR[w2]} echo-w2 ${PROXY_PID[client-w2]},${PROXY_PID[server-w2]}"
+  [hop2tls-w1]="${HOP2_ADDR[tls-w1]} echo-tls-w1 ${PROXY_PID[client-tls-w1]},${PROXY_PID[server-tls-w1]}"
+  [hop2tls-w2]="${HOP2_ADDR[tls-w2]} echo-tls-w2 ${PROXY_PID[client-tls-w2]},${PROXY_PID[server-tls-w2]}"
   [nginx]="127.0.0.1:$NGINX echo $NGINX_WORKER"
   [haproxy]="127.0.0.1:$HAPROXY echo $HAPROXY_PID"
 )
-ORDER=(direct hop1-w1 hop2-w1 hop1-w2 hop2-w2 nginx haproxy)
+ORDER=(direct hop1-w1 hop2-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 nginx haproxy)
 # BENCH_TARGETS="direct hop1-w1" runs a subset (for quick looks; docs/benchmarks.md wants all).
 [ -n "${BENCH_TARGETS:-}" ] && read -r -a ORDER <<<"$BENCH_TARGETS"
 

@@ -11,13 +11,15 @@ import subprocess
 import sys
 
 results, rounds, seconds, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ORDER = ["direct", "hop1-w1", "hop2-w1", "hop1-w2", "hop2-w2", "nginx", "haproxy"]
+ORDER = ["direct", "hop1-w1", "hop2-w1", "hop2tls-w1", "hop1-w2", "hop2-w2", "hop2tls-w2", "nginx", "haproxy"]
 LABEL = {
     "direct": "direct (no proxy)",
     "hop1-w1": "mesh-proxy, 1 hop, 1 worker",
     "hop2-w1": "mesh-proxy, 2 hops (mesh path), 1 worker each",
     "hop1-w2": "mesh-proxy, 1 hop, default 2 workers",
     "hop2-w2": "mesh-proxy, 2 hops, default 2 workers each",
+    "hop2tls-w1": "mesh-proxy, 2 hops over mTLS, 1 worker each",
+    "hop2tls-w2": "mesh-proxy, 2 hops over mTLS, default 2 workers each",
     "nginx": "nginx grpc_pass, 1 worker",
     "haproxy": "HAProxy h2, nbthread 1",
 }
@@ -105,7 +107,7 @@ for n in ORDER:
     s = S[(n, "open")]
     if not s:
         continue
-    hops = 2 if n.startswith("hop2") else 1
+    hops = 2 if n.startswith("hop2") else 1  # hop2 and hop2tls
     add50 = (s["p50"] - direct_o["p50"]) / hops / 1000 if n != "direct" else None
     add99 = (s["p99"] - direct_o["p99"]) / hops / 1000 if n != "direct" else None
     w(f"| {LABEL[n]} | {fmt(s['rps'])} | {fmt(ms(s['p50']), '{:.2f}')} | {fmt(ms(s['p99']), '{:.2f}')} | {fmt(ms(s['p999']), '{:.2f}')} | "
@@ -147,6 +149,14 @@ if h1o and direct_o:
         check(f"<= 10 ms CPU per 1k calls per hop at {rate}/s", c <= 10, f"{c:.1f} ms")
     rss = max((S[(n, l)] or {}).get("rss_mib") or 0 for n in ("hop1-w1", "hop2-w1") for l in ("closed", "open"))
     check("<= 10 MB RSS per proxy under that load", rss <= 10, f"{rss:.1f} MiB")
+plain_c, tls_c = S[("hop2-w1", "closed")], S[("hop2tls-w1", "closed")]
+plain_o, tls_o = S[("hop2-w1", "open")], S[("hop2tls-w1", "open")]
+if plain_c and tls_c:
+    cost = 1 - tls_c["rps"] / plain_c["rps"]
+    check("mTLS costs <= 15 % of the plaintext mesh path's throughput", cost <= 0.15, f"{cost * 100:.1f} %")
+if plain_o and tls_o:
+    added = (tls_o["p50"] - plain_o["p50"]) / 1000
+    check(f"mTLS adds <= 0.1 ms p50 to the mesh path at {rate}/s", added <= 0.1, f"{added:.3f} ms")
 w("""
 ## Reading these numbers
 

@@ -32,10 +32,18 @@ impl ControlPlane {
 
     /// The same, issuing leaves that live `leaf_lifetime`.
     pub async fn start_with_lifetime(etcd: &str, leaf_lifetime: &str) -> Self {
+        Self::start_with_files(etcd, leaf_lifetime, |ca_dir| {
+            let (code, _, err) = run("mesh-registry", &["init", "--ca-dir", ca_dir.to_str().unwrap()]);
+            assert_eq!(code, 0, "init failed: {err}");
+        })
+        .await
+    }
+
+    /// The same, with the CA directory filled by `prepare` instead of `mesh-registry init`.
+    pub async fn start_with_files(etcd: &str, leaf_lifetime: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
-        let (code, _, err) = run("mesh-registry", &["init", "--ca-dir", ca_dir.to_str().unwrap()]);
-        assert_eq!(code, 0, "init failed: {err}");
+        prepare(&ca_dir);
         let addr = format!("127.0.0.1:{}", free_port());
         let proc = Self::spawn(&ca_dir, &addr, etcd, leaf_lifetime);
         let cp = Self { proc, addr, dir, etcd: etcd.to_string(), leaf_lifetime: leaf_lifetime.to_string() };

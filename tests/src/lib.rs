@@ -35,9 +35,28 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a child process to listen on.
+///
+/// Taken below the kernel's ephemeral range, so that no outgoing connection (which gets an
+/// ephemeral port) can take it between this check and the child's bind; and never the same twice
+/// in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_start.max(20_000));
+    let start = std::process::id().wrapping_mul(7919) % (high - low);
+    for _ in 0..(high - low) {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % (high - low);
+        let port = u16::try_from(port).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.

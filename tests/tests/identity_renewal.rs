@@ -87,3 +87,21 @@ async fn traffic_outlives_a_ca_outage_longer_than_a_renewal_interval() {
     assert_no_failures(&outcomes);
     assert!(outcomes.len() > 1000, "steady load: {} calls", outcomes.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails_closed() {
+    let mut s = SecuredMesh::start_with_lifetime("15s").await;
+    let hour = Duration::from_secs(3600);
+    let valid_client =
+        s.cp.forge("spiffe://mesh.local/svc/observer", SystemTime::now() - hour, SystemTime::now() + hour);
+    assert_eq!(mesh_tests::tls::probe(&s.server.sidecar.inbound, Some(valid_client.clone())).await, Ok(()));
+
+    // The CA goes away for good: the proxies cannot renew, and their certificates run out.
+    s.cp.kill();
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let refused = mesh_tests::tls::probe(&s.server.sidecar.inbound, Some(valid_client)).await;
+    assert!(refused.is_err(), "a proxy with an expired certificate must not complete handshakes");
+    let (code, out, err) =
+        mesh_tests::process::run("meshctl", &["identity", "--admin", &s.server.sidecar.admin, "--warn-within", "1s"]);
+    assert_eq!(code, 1, "{out}{err}");
+}

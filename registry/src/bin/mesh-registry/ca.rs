@@ -17,15 +17,27 @@ use time::OffsetDateTime;
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// Files in the CA directory.
+///
+/// - `root.pem`, `root.key.pem`: the issuer: a root created by `init`, or an intermediate under a
+///   root the operator brings.
+/// - `bundle.pem`: the roots every workload trusts.
+/// - `chain.pem` (optional): certificates between the issuer and a root in the bundle (with an
+///   intermediate issuer: the intermediate itself, and any above it), sent with every leaf.
 pub(crate) struct CaFiles {
     pub(crate) root_cert: PathBuf,
     pub(crate) root_key: PathBuf,
     pub(crate) bundle: PathBuf,
+    pub(crate) chain: PathBuf,
 }
 
 impl CaFiles {
     pub(crate) fn in_dir(dir: &Path) -> Self {
-        Self { root_cert: dir.join("root.pem"), root_key: dir.join("root.key.pem"), bundle: dir.join("bundle.pem") }
+        Self {
+            root_cert: dir.join("root.pem"),
+            root_key: dir.join("root.key.pem"),
+            bundle: dir.join("bundle.pem"),
+            chain: dir.join("chain.pem"),
+        }
     }
 }
 
@@ -105,6 +117,8 @@ pub(crate) struct Ca {
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
     bundle_pem: String,
+    /// Intermediates sent after each leaf (empty when the issuer is a root).
+    chain_pem: String,
     leaf_lifetime: Duration,
 }
 
@@ -115,7 +129,8 @@ impl Ca {
         let files = CaFiles::in_dir(dir);
         let key = KeyPair::from_pem(&read(&files.root_key)?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(&files.root_cert)?, key)?;
-        Ok(Self { trust_domain, issuer, bundle_pem: read(&files.bundle)?, leaf_lifetime })
+        let chain_pem = if files.chain.exists() { read(&files.chain)? } else { String::new() };
+        Ok(Self { trust_domain, issuer, bundle_pem: read(&files.bundle)?, chain_pem, leaf_lifetime })
     }
 
     pub(crate) fn bundle_pem(&self) -> &str {
@@ -141,7 +156,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         let leaf = CertificateSigningRequestParams { params, public_key: csr.public_key }.signed_by(&self.issuer)?;
-        Ok(Leaf { chain_pem: leaf.pem(), identity, not_before, not_after })
+        Ok(Leaf { chain_pem: self.with_chain(leaf.pem()), identity, not_before, not_after })
     }
 
     /// A certificate and key for the CA's own TLS endpoint, valid for `names` (DNS names or IPs).
@@ -157,7 +172,16 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((self.with_chain(cert.pem()), key.serialize_pem()))
+    }
+
+    /// A leaf followed by the intermediates, if any.
+    fn with_chain(&self, leaf_pem: String) -> String {
+        if self.chain_pem.trim().is_empty() {
+            leaf_pem
+        } else {
+            format!("{}\n{}", leaf_pem.trim_end(), self.chain_pem.trim())
+        }
     }
 }
 
