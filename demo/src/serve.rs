@@ -27,7 +27,7 @@ pub(crate) async fn serve(
         let _ = stop_rx.await;
     }));
     let registration = register.start(role, instance_id, local).await?;
-    shutdown_signal().await;
+    mesh_registry::cli::shutdown_signal().await;
     tracing::info!(role, "shutting down");
     if let Some(registration) = registration {
         registration.deregister().await;
@@ -41,21 +41,6 @@ pub(crate) async fn serve(
             tracing::warn!(role, "drain deadline reached; closing the remaining connections");
             Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -102,7 +102,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
     let etcd = config.etcd.connect().await?;
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(mesh_registry::cli::shutdown_signal());
 
     // With an identity configured, it comes first: nothing is served, registered or reported
     // ready without a certificate, and peers are never spoken to in plaintext.
@@ -252,19 +252,4 @@ async fn register_when_app_ready(
     record.weight = config.weight;
     record.identity = identity;
     Registration::start(etcd, &config.layout, record, config.lease, metrics)
-}
-
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

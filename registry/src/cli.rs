@@ -45,6 +45,22 @@ pub fn init_logging(default_filter: &str) {
     }
 }
 
+/// Resolves on SIGTERM or Ctrl-C: when a mesh binary should begin its orderly shutdown.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Parses a duration such as `500ms`, `3s` or `5m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 5m)"))

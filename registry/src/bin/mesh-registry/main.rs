@@ -152,7 +152,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .http2_max_header_list_size(Some(16 * 1024))
         .timeout(Duration::from_secs(10))
         .add_service(IdentityServer::new(certify))
-        .serve_with_shutdown(listen, shutdown_signal())
+        .serve_with_shutdown(listen, mesh_registry::cli::shutdown_signal())
         .await
         .map_err(|e| format!("serving on {listen}: {e}"))
 }
@@ -182,20 +182,6 @@ async fn reload_on_change(
                 tracing::info!(dir = %dir.display(), "reloaded the CA's root and trust bundle");
             }
             Err(error) => tracing::warn!(%error, "CA files changed but cannot be loaded; keeping the previous ones"),
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
