@@ -8,6 +8,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tonic::Code;
 
 use crate::body::ResponseBody;
+use crate::metrics::{Direction, ProxyMetrics, Recorder, code_label};
 
 /// A failure the proxy answers itself.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,6 +80,20 @@ impl ProxyError {
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// Counts this error, records the call with its status, and answers it: what both request
+    /// paths do when the proxy fails a call itself.
+    pub(crate) fn respond(
+        self,
+        direction: Direction,
+        grpc: bool,
+        recorder: Recorder,
+        metrics: &ProxyMetrics,
+    ) -> Response<ResponseBody> {
+        metrics.proxy_errors.with_label_values(&[direction.as_str(), self.reason()]).inc();
+        recorder.finish(code_label(self.code()));
+        self.into_response(grpc)
     }
 
     /// The response: trailers-only gRPC for gRPC callers, an HTTP status otherwise.

@@ -68,8 +68,6 @@ impl Inbound {
     }
 
     fn fail(&self, error: ProxyError, grpc: bool, recorder: crate::metrics::Recorder) -> Response<ResponseBody> {
-        self.metrics.proxy_errors.with_label_values(&[Direction::Inbound.as_str(), error.reason()]).inc();
-        recorder.finish(crate::metrics::grpc_status_label((error.code() as i32).to_string().as_bytes()));
-        error.into_response(grpc)
+        error.respond(Direction::Inbound, grpc, recorder, &self.metrics)
     }
 }

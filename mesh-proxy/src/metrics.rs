@@ -202,6 +202,15 @@ impl Recorder {
 /// The `grpc_status` label for a `grpc-status` header value: the code's name (`OK`,
 /// `UNAVAILABLE` ...), `UNKNOWN` for values outside the spec.
 pub(crate) fn grpc_status_label(value: &[u8]) -> &'static str {
+    std::str::from_utf8(value).ok().and_then(|s| s.trim().parse::<usize>().ok()).map_or("UNKNOWN", code_name)
+}
+
+/// The `grpc_status` label of a status the proxy makes itself.
+pub(crate) fn code_label(code: tonic::Code) -> &'static str {
+    code_name(code as usize)
+}
+
+fn code_name(code: usize) -> &'static str {
     const NAMES: [&str; 17] = [
         "OK",
         "CANCELLED",
@@ -221,12 +230,7 @@ pub(crate) fn grpc_status_label(value: &[u8]) -> &'static str {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("UNKNOWN")
+    NAMES.get(code).copied().unwrap_or("UNKNOWN")
 }
 
 #[cfg(test)]
@@ -253,5 +257,6 @@ mod tests {
         assert_eq!(grpc_status_label(b"14"), "UNAVAILABLE");
         assert_eq!(grpc_status_label(b"99"), "UNKNOWN");
         assert_eq!(grpc_status_label(b"x"), "UNKNOWN");
+        assert_eq!(code_label(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
     }
 }

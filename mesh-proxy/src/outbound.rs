@@ -130,8 +130,6 @@ impl Outbound {
 
     fn fail(&self, error: ProxyError, grpc: bool, recorder: Recorder) -> Response<ResponseBody> {
         tracing::debug!(%error, "outbound call failed in the proxy");
-        self.metrics.proxy_errors.with_label_values(&[Direction::Outbound.as_str(), error.reason()]).inc();
-        recorder.finish(crate::metrics::grpc_status_label((error.code() as i32).to_string().as_bytes()));
-        error.into_response(grpc)
+        error.respond(Direction::Outbound, grpc, recorder, &self.metrics)
     }
 }

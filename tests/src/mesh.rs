@@ -76,6 +76,12 @@ impl Sidecar {
     }
 }
 
+/// The sum of every sample in `/metrics` text whose line starts with `prefix` (a metric name, or a
+/// name with the start of its labels): one series' value, or a total across label values.
+pub fn metric_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 /// A plain HTTP/1.1 GET to an admin listener: (status, body).
 pub async fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;

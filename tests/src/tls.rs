@@ -8,6 +8,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 #[derive(Debug)]
 struct AnyServer;
@@ -44,34 +46,9 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// The leaf certificate a TLS server at `addr` presents to a client presenting `client`.
-pub async fn server_certificate(addr: &str, client: (String, String)) -> Result<CertificateDer<'static>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<_> =
-        CertificateDer::pem_slice_iter(client.0.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).map_err(|e| e.to_string())?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("echo").map_err(|e| e.to_string())?, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let certs = tls.get_ref().1.peer_certificates().ok_or("no server certificate")?;
-    Ok(certs[0].clone().into_owned())
-}
-
-/// Connects to `addr` with TLS 1.3 and ALPN h2, presenting `client` (cert PEM, key PEM) if
-/// given, sends the HTTP/2 preface, and reports whether the proxy let the connection carry data:
-/// `Ok(())` if the proxy answered with HTTP/2 bytes, `Err(why)` if the handshake or the first read
-/// failed.
-pub async fn probe(addr: &str, client: Option<(String, String)>) -> Result<(), String> {
+/// A TLS 1.3 connection (ALPN h2) to `addr` that trusts any server and presents `client`
+/// (certificate PEM, key PEM) if given.
+async fn connect(addr: &str, client: Option<(String, String)>) -> Result<TlsStream<TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -88,11 +65,26 @@ pub async fn probe(addr: &str, client: Option<(String, String)>) -> Result<(), S
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("echo").map_err(|e| e.to_string())?, tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// The leaf certificate a TLS server at `addr` presents to a client presenting `client`.
+pub async fn server_certificate(addr: &str, client: (String, String)) -> Result<CertificateDer<'static>, String> {
+    let tls = connect(addr, Some(client)).await?;
+    let certs = tls.get_ref().1.peer_certificates().ok_or("no server certificate")?;
+    Ok(certs[0].clone().into_owned())
+}
+
+/// Connects to `addr` with TLS 1.3 and ALPN h2, presenting `client` (cert PEM, key PEM) if
+/// given, sends the HTTP/2 preface, and reports whether the proxy let the connection carry data:
+/// `Ok(())` if the proxy answered with HTTP/2 bytes, `Err(why)` if the handshake or the first read
+/// failed.
+pub async fn probe(addr: &str, client: Option<(String, String)>) -> Result<(), String> {
+    let mut tls = connect(addr, client).await?;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .map_err(|e| format!("write: {e}"))?;

@@ -9,15 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use mesh_proto::demo::v1::{EchoRequest, StatsRequest};
 use mesh_tests::ca::{SecuredMesh, as_env, foreign_issuer, forge_with};
-use mesh_tests::mesh::EchoInstance;
+use mesh_tests::mesh::{EchoInstance, metric_sum};
 use mesh_tests::tls::probe;
 
 async fn secured() -> SecuredMesh {
     SecuredMesh::start().await
-}
-
-fn counter(metrics: &str, prefix: &str) -> u64 {
-    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +26,7 @@ async fn meshed_services_talk_over_mtls_and_plaintext_is_refused() {
     }
     let server_metrics = s.server.sidecar.metrics().await;
     assert!(
-        counter(&server_metrics, r#"mesh_tls_handshakes_total{direction="inbound",outcome="ok""#) >= 1,
+        metric_sum(&server_metrics, r#"mesh_tls_handshakes_total{direction="inbound",outcome="ok""#) >= 1,
         "{server_metrics}"
     );
     assert!(
@@ -54,7 +50,7 @@ async fn meshed_services_talk_over_mtls_and_plaintext_is_refused() {
     }
     let server_metrics = s.server.sidecar.metrics().await;
     assert!(
-        counter(
+        metric_sum(
             &server_metrics,
             r#"mesh_tls_handshakes_total{direction="inbound",outcome="failure",reason="not_tls"}"#
         ) >= 1,
@@ -91,7 +87,7 @@ async fn bad_client_certificates_are_refused_with_a_counted_reason() {
     for (reason, cert) in cases {
         assert!(probe(inbound, cert).await.is_err(), "{reason}: the proxy accepted the connection");
         let metrics = s.server.sidecar.metrics().await;
-        let refused = counter(
+        let refused = metric_sum(
             &metrics,
             &format!(r#"mesh_tls_handshakes_total{{direction="inbound",outcome="failure",reason="{reason}"}}"#),
         );
@@ -127,7 +123,7 @@ async fn a_server_proving_another_identity_is_refused_by_the_caller() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     let metrics = s.client.metrics().await;
     assert!(
-        counter(
+        metric_sum(
             &metrics,
             r#"mesh_tls_handshakes_total{direction="outbound",outcome="failure",reason="wrong_identity"}"#
         ) >= 1,
@@ -135,7 +131,7 @@ async fn a_server_proving_another_identity_is_refused_by_the_caller() {
     );
     let impostor_metrics = impostor.sidecar.metrics().await;
     assert_eq!(
-        counter(&impostor_metrics, r#"mesh_requests_total{direction="inbound""#),
+        metric_sum(&impostor_metrics, r#"mesh_requests_total{direction="inbound""#),
         0,
         "nothing reached the impostor's app"
     );

@@ -9,15 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mesh_tests::ca::SecuredMesh;
 use mesh_tests::load::{Load, assert_no_failures};
+use mesh_tests::mesh::metric_sum;
 use x509_parser::prelude::*;
-
-fn gauge(metrics: &str, name: &str) -> i64 {
-    metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
-}
-
-fn counter(metrics: &str, line: &str) -> u64 {
-    metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_failed_call() {
@@ -34,7 +27,9 @@ async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_
         let der = mesh_tests::tls::server_certificate(&s.server.sidecar.inbound, probe_cert.clone()).await.unwrap();
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let presented_expiry = cert.validity().not_after.timestamp();
-        let held_expiry = gauge(&s.server.sidecar.metrics().await, "mesh_identity_expiry_timestamp_seconds");
+        let held_expiry =
+            i64::try_from(metric_sum(&s.server.sidecar.metrics().await, "mesh_identity_expiry_timestamp_seconds"))
+                .unwrap();
         presented.insert(presented_expiry);
         expiries.insert(held_expiry);
         assert!(
@@ -46,7 +41,7 @@ async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_
     let outcomes = load.stop().await;
     assert_no_failures(&outcomes);
     assert!(outcomes.len() > 5000, "steady load: {} calls", outcomes.len());
-    let rotations = counter(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#) - 1;
+    let rotations = metric_sum(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#) - 1;
     assert!(rotations >= 4, "{rotations} rotations in 5 minutes");
     assert!(presented.len() >= 5, "new handshakes presented {} distinct certificates", presented.len());
     eprintln!(
@@ -61,7 +56,7 @@ async fn traffic_outlives_a_ca_outage_longer_than_a_renewal_interval() {
     let mut s = SecuredMesh::start_with_lifetime("60s").await;
     let load = Load::start(s.client.echo_client("echo").await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = counter(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#);
+    let before = metric_sum(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#);
 
     // Renewal is due ~42 s after issue (70 % of 60 s); the CA stays away for 45 s, longer than a
     // renewal interval but shorter than the certificate's life.
@@ -69,14 +64,14 @@ async fn traffic_outlives_a_ca_outage_longer_than_a_renewal_interval() {
     tokio::time::sleep(Duration::from_secs(45)).await;
     let metrics = s.server.sidecar.metrics().await;
     assert!(
-        counter(&metrics, r#"mesh_identity_renewals_total{outcome="error"}"#) >= 1,
+        metric_sum(&metrics, r#"mesh_identity_renewals_total{outcome="error"}"#) >= 1,
         "a renewal was attempted and failed:\n{metrics}"
     );
     s.cp.restart().await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = counter(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#);
+        let ok = metric_sum(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#);
         if ok > before {
             break;
         }

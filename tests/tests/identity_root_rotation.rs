@@ -9,12 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mesh_tests::ca::{SecuredMesh, as_env, forge_with};
 use mesh_tests::load::{Load, assert_no_failures, failures};
-use mesh_tests::mesh::{EchoInstance, Sidecar};
+use mesh_tests::mesh::{EchoInstance, Sidecar, metric_sum};
 use mesh_tests::process::run;
 
 fn renewals(metrics: &str) -> u64 {
-    let line = r#"mesh_identity_renewals_total{outcome="ok"}"#;
-    metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    metric_sum(metrics, r#"mesh_identity_renewals_total{outcome="ok"}"#)
 }
 
 /// Waits until each proxy has renewed at least once more.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_proto::demo::v1::EchoRequest;
 use mesh_tests::etcd::Etcd;
-use mesh_tests::mesh::{EchoMesh, Sidecar};
+use mesh_tests::mesh::{EchoMesh, Sidecar, metric_sum};
 use mesh_tests::process::Proc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,11 +70,7 @@ async fn malformed_http2_closes_only_that_connection() {
         echo.unary(EchoRequest { payload: b"still fine".to_vec(), ..Default::default() }).await.unwrap();
     }
     let metrics = client.metrics().await;
-    let errors: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mesh_connection_errors_total{direction=\"outbound\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let errors = metric_sum(&metrics, r#"mesh_connection_errors_total{direction="outbound""#);
     assert!(errors >= 2, "malformed connections are counted:\n{metrics}");
 }
 
