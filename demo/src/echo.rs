@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use mesh_proto::demo::v1::echo_client::EchoClient;
 use mesh_proto::demo::v1::echo_server::{Echo, EchoServer};
 use mesh_proto::demo::v1::{EchoReply, EchoRequest, StatsReply, StatsRequest};
 use tokio_stream::{Stream, StreamExt};
@@ -30,6 +31,13 @@ pub(crate) struct Args {
     /// Address to serve h2c on.
     #[arg(long, env = "DEMO_LISTEN_ADDR", default_value = "127.0.0.1:7003")]
     listen: SocketAddr,
+    /// Unary calls are passed on to this address first (e.g. the local proxy's outbound port),
+    /// with their trace context: a chain of echo services for tests and demos.
+    #[arg(long = "next-addr", env = "DEMO_NEXT_ADDR")]
+    next_addr: Option<tonic::transport::Uri>,
+    /// `:authority` for the next hop; through the mesh this names the service.
+    #[arg(long = "next-authority", env = "DEMO_NEXT_AUTHORITY", requires = "next_addr")]
+    next_authority: Option<String>,
     #[command(flatten)]
     register: RegisterArgs,
 }
@@ -43,6 +51,7 @@ struct Counters {
 struct EchoService {
     instance: String,
     counters: Arc<Counters>,
+    next: Option<EchoClient<tonic::transport::Channel>>,
 }
 
 /// Counts a call as cancelled if it is dropped before it completes.
@@ -126,6 +135,10 @@ impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let guard = CallGuard::new(&self.counters);
         let req = request.get_ref();
+        if let Some(next) = &self.next {
+            let call = crate::propagate::propagate(request.metadata(), Request::new(req.clone()));
+            next.clone().unary(call).await.map_err(|s| Status::new(s.code(), format!("next hop: {}", s.message())))?;
+        }
         delay(req.delay_ms).await;
         let reply = self.reply(req, request.metadata(), 0);
         guard.finish();
@@ -188,7 +201,7 @@ impl Echo for EchoService {
         let metadata = request.metadata().clone();
         let mut stream = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let service = EchoService { instance: self.instance.clone(), counters: self.counters.clone() };
+        let service = EchoService { instance: self.instance.clone(), counters: self.counters.clone(), next: None };
         let md = metadata.clone();
         tokio::spawn(async move {
             let mut seq = 0;
@@ -221,7 +234,20 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     let instance_id = args.register.instance_id();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EchoServer<EchoService>>().await;
-    let service = EchoService { instance: instance_id.to_string(), counters: Arc::default() };
+    let next = match &args.next_addr {
+        None => None,
+        Some(addr) => {
+            let mut endpoint = tonic::transport::Endpoint::from(addr.clone()).connect_timeout(Duration::from_secs(1));
+            if let Some(authority) = &args.next_authority {
+                let origin = format!("http://{authority}")
+                    .parse()
+                    .map_err(|e| format!("--next-authority (DEMO_NEXT_AUTHORITY) {authority:?}: {e}"))?;
+                endpoint = endpoint.origin(origin);
+            }
+            Some(EchoClient::new(endpoint.connect_lazy()))
+        }
+    };
+    let service = EchoService { instance: instance_id.to_string(), counters: Arc::default(), next };
     let service = EchoServer::new(service)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);

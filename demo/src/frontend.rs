@@ -38,11 +38,12 @@ struct FrontendService {
 #[tonic::async_trait]
 impl Frontend for FrontendService {
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        let name = request.into_inner().name;
+        let (metadata, _, hello) = request.into_parts();
+        let call = crate::propagate::propagate(&metadata, Request::new(GreetRequest { name: hello.name }));
         let reply = self
             .backend
             .clone()
-            .greet(GreetRequest { name })
+            .greet(call)
             .await
             .map_err(|s| Status::new(s.code(), format!("backend: {}", s.message())))?
             .into_inner();

@@ -19,6 +19,7 @@ mod echo;
 mod frontend;
 mod hello;
 mod load;
+mod propagate;
 mod registration;
 mod serve;
 

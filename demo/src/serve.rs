@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Router;
 
 use crate::registration::RegisterArgs;
@@ -23,7 +22,7 @@ pub(crate) async fn serve(
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(role, %local, instance = %instance_id, "serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), async {
         let _ = stop_rx.await;
     }));
     let registration = register.start(role, instance_id, local).await?;
@@ -52,4 +51,10 @@ pub(crate) fn builder() -> tonic::transport::Server {
         .initial_connection_window_size(Some(1024 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Accepted connections with Nagle off: replies written in several pieces (headers, data,
+/// trailers) must not wait for the peer's delayed ACK.
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -75,11 +75,20 @@ pub(crate) struct Endpoint {
     in_flight: AtomicUsize,
     failures: AtomicU32,
     failing_until: Mutex<Option<Instant>>,
+    /// This endpoint's `mesh_balancer_picks_total` series, resolved once.
+    picks: Option<prometheus::IntCounter>,
 }
 
 impl Endpoint {
-    fn new(record: InstanceRecord, connector: &Connector, client: ClientSettings, default_rtt: Duration) -> Self {
+    fn new(
+        record: InstanceRecord,
+        connector: &Connector,
+        client: ClientSettings,
+        default_rtt: Duration,
+        picks: Option<&prometheus::IntCounterVec>,
+    ) -> Self {
         Self {
+            picks: picks.map(|p| p.with_label_values(&[record.service.as_str(), record.instance_id.as_str()])),
             client: H2Client::new(record.address.clone(), record.service.clone(), connector.clone(), client),
             record,
             load: Mutex::new(PeakEwma { rtt_ns: default_rtt.as_nanos() as f64, stamp: Instant::now() }),
@@ -153,6 +162,8 @@ pub(crate) struct Balancer {
     connector: Connector,
     client: ClientSettings,
     pub(crate) settings: BalancerSettings,
+    /// `mesh_balancer_picks_total{dst_service, instance}`, if counted.
+    picks: Option<prometheus::IntCounterVec>,
 }
 
 impl Balancer {
@@ -164,7 +175,14 @@ impl Balancer {
             connector,
             client,
             settings,
+            picks: None,
         }
+    }
+
+    /// Counts picks per endpoint in `picks`; an endpoint's series goes when the endpoint does.
+    pub(crate) fn counting_picks(mut self, picks: prometheus::IntCounterVec) -> Self {
+        self.picks = Some(picks);
+        self
     }
 
     /// Replaces the endpoint set with a discovery snapshot, keeping the connection and load of
@@ -175,10 +193,21 @@ impl Balancer {
             .instances()
             .map(|record| {
                 current.iter().find(|e| &e.record == record).cloned().unwrap_or_else(|| {
-                    Arc::new(Endpoint::new(record.clone(), &self.connector, self.client, self.settings.default_rtt))
+                    Arc::new(Endpoint::new(
+                        record.clone(),
+                        &self.connector,
+                        self.client,
+                        self.settings.default_rtt,
+                        self.picks.as_ref(),
+                    ))
                 })
             })
             .collect();
+        if let Some(picks) = &self.picks {
+            for gone in current.iter().filter(|e| !next.iter().any(|n| n.record.instance_id == e.record.instance_id)) {
+                let _ = picks.remove_label_values(&[gone.record.service.as_str(), gone.record.instance_id.as_str()]);
+            }
+        }
         let n = next.len();
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(next);
         self.synced.store(snapshot.synced, Ordering::Release);
@@ -210,6 +239,9 @@ impl Balancer {
             }
         };
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(picks) = &chosen.picks {
+            picks.inc();
+        }
         Ok(InFlight(chosen.clone()))
     }
 

@@ -1,8 +1,11 @@
-//! The response body the proxy returns: the peer's body streamed through frame by frame (data,
-//! then trailers), never buffered, observed on the way to record the request's gRPC status and
-//! latency once it ends. A proxy-made error has no body at all (trailers-only).
+//! The bodies the proxy forwards: streamed through frame by frame (data, then trailers), never
+//! buffered, observed on the way. The response body records the request's gRPC status, latency
+//! and size once it ends; the request body counts its bytes. A proxy-made error has no body at
+//! all (trailers-only).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -19,6 +22,8 @@ pub(crate) struct ResponseBody {
     recorder: Option<Recorder>,
     /// The status known so far: from trailers-only headers, or from trailers once seen.
     status: Option<&'static str>,
+    /// Data bytes passed so far.
+    bytes: u64,
     /// Keeps the request counted as in flight on its endpoint until the response ends.
     _in_flight: Option<InFlight>,
 }
@@ -26,14 +31,14 @@ pub(crate) struct ResponseBody {
 impl ResponseBody {
     /// No body: the headers end the stream.
     pub(crate) fn empty() -> Self {
-        Self { inner: None, recorder: None, status: None, _in_flight: None }
+        Self { inner: None, recorder: None, status: None, bytes: 0, _in_flight: None }
     }
 
     /// `inner`, recorded by `recorder` when it ends. `headers` are the response headers (a
     /// trailers-only response carries its `grpc-status` there).
     pub(crate) fn observed(inner: Incoming, headers: &http::HeaderMap, recorder: Recorder) -> Self {
         let status = headers.get("grpc-status").map(|v| grpc_status_label(v.as_bytes()));
-        Self { inner: Some(inner), recorder: Some(recorder), status, _in_flight: None }
+        Self { inner: Some(inner), recorder: Some(recorder), status, bytes: 0, _in_flight: None }
     }
 
     /// Keeps `in_flight` alive as long as the body.
@@ -44,7 +49,7 @@ impl ResponseBody {
 
     fn finish(&mut self, status: &'static str) {
         if let Some(recorder) = self.recorder.take() {
-            recorder.finish(status);
+            recorder.finish(status, self.bytes);
         }
     }
 }
@@ -60,7 +65,9 @@ impl Body for ResponseBody {
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
                     this.status = trailers.get("grpc-status").map(|v| grpc_status_label(v.as_bytes()));
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -92,5 +99,41 @@ impl Drop for ResponseBody {
         // the caller went away mid-stream.
         let status = self.status.unwrap_or("CANCELLED");
         self.finish(status);
+    }
+}
+
+/// A request body on its way through, counting its bytes into its request's [`Recorder`].
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, recorder: &Recorder) -> Self {
+        Self { inner, bytes: recorder.request_bytes() }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -7,12 +7,12 @@
 
 use std::sync::Mutex;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_registry::{Address, ServiceName};
 
+use crate::body::RequestBody;
 use crate::transport::Connector;
 
 /// HTTP/2 settings for connections this proxy opens.
@@ -32,7 +32,7 @@ pub(crate) struct ClientSettings {
 #[derive(Debug)]
 pub(crate) enum SendError {
     /// The request never reached the peer; here it is back, to send elsewhere.
-    NotSent(Box<Request<Incoming>>, String),
+    NotSent(Box<Request<RequestBody>>, String),
     /// The request or its response failed on the wire.
     Failed(hyper::Error),
 }
@@ -45,7 +45,7 @@ pub(crate) struct H2Client {
     service: ServiceName,
     connector: Connector,
     settings: ClientSettings,
-    ready: Mutex<Option<SendRequest<Incoming>>>,
+    ready: Mutex<Option<SendRequest<RequestBody>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -59,7 +59,7 @@ impl H2Client {
     }
 
     /// Sends `req` on the shared connection, connecting first if needed.
-    pub(crate) async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    pub(crate) async fn send(&self, req: Request<RequestBody>) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut sender = match self.sender().await {
             Ok(sender) => sender,
             Err(cause) => return Err(SendError::NotSent(Box::new(req), cause)),
@@ -76,19 +76,19 @@ impl H2Client {
         }
     }
 
-    fn current(&self) -> Option<SendRequest<Incoming>> {
+    fn current(&self) -> Option<SendRequest<RequestBody>> {
         let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         ready.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn forget(&self, sender: &SendRequest<Incoming>) {
+    fn forget(&self, sender: &SendRequest<RequestBody>) {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         if ready.as_ref().is_some_and(|s| s.is_closed() || sender.is_closed()) {
             *ready = None;
         }
     }
 
-    async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn sender(&self) -> Result<SendRequest<RequestBody>, String> {
         if let Some(sender) = self.current() {
             return Ok(sender);
         }

@@ -109,6 +109,26 @@ pub struct Args {
     /// Renew the certificate once this fraction of its remaining lifetime has passed.
     #[arg(long = "identity-renew-fraction", env = "MESH_IDENTITY_RENEW_FRACTION", default_value_t = 0.7)]
     identity_renew_fraction: f64,
+    /// The collector's OTLP/gRPC endpoint (`http://host:4317`). Without it nothing is exported
+    /// (`/metrics` still serves the proxy's metrics).
+    #[arg(long = "collector-endpoint", env = "MESH_COLLECTOR_ENDPOINT")]
+    collector_endpoint: Option<tonic::transport::Uri>,
+    /// Share of new traces sampled, 0-1 (a caller's `traceparent` decision is always followed;
+    /// failed and slow requests are exported regardless).
+    #[arg(long = "trace-sampling", env = "MESH_TRACE_SAMPLING", default_value_t = 0.1)]
+    trace_sampling: f64,
+    /// Requests at least this slow always export their span.
+    #[arg(long = "trace-slow", env = "MESH_TRACE_SLOW", default_value = "500ms", value_parser = duration, value_name = "DURATION")]
+    trace_slow: Duration,
+    /// Finished spans waiting for export; beyond it spans are dropped and counted.
+    #[arg(long = "span-queue", env = "MESH_SPAN_QUEUE", default_value_t = 2048)]
+    span_queue: usize,
+    /// How often metrics are pushed to the collector.
+    #[arg(long = "metrics-export-interval", env = "MESH_METRICS_EXPORT_INTERVAL", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    metrics_export_interval: Duration,
+    /// Log every request (target `access`: services, method, status, duration, bytes, trace id).
+    #[arg(long = "access-log", env = "MESH_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    access_log: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -132,6 +152,23 @@ pub struct H2Limits {
     pub idle_timeout: Duration,
     /// Bound on the preface and first SETTINGS.
     pub handshake_timeout: Duration,
+}
+
+/// What the proxy reports, and where.
+#[derive(Clone, Debug)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/gRPC endpoint, if exporting.
+    pub collector: Option<tonic::transport::Uri>,
+    /// Share of new traces sampled.
+    pub sampling: f64,
+    /// Slow-request threshold (always exported).
+    pub slow: Duration,
+    /// Span queue bound.
+    pub span_queue: usize,
+    /// Metrics push interval.
+    pub metrics_interval: Duration,
+    /// Per-request access log.
+    pub access_log: bool,
 }
 
 /// The proxy's typed configuration.
@@ -183,6 +220,8 @@ pub struct Config {
     pub lease: RegistrationConfig,
     /// Identity and mutual TLS, if on.
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// Telemetry export.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Args {
@@ -196,6 +235,28 @@ impl Args {
         }
         let lease = self.lease.config().map_err(|e| format!("--lease-ttl/--lease-keepalive-interval: {e}"))?;
         let identity = self.identity_config()?;
+        if !(0.0..=1.0).contains(&self.trace_sampling) {
+            return Err(format!("--trace-sampling (MESH_TRACE_SAMPLING) must be 0-1, got {}", self.trace_sampling));
+        }
+        if self.span_queue == 0 || self.span_queue > 1_000_000 {
+            return Err("--span-queue (MESH_SPAN_QUEUE) must be 1-1000000".into());
+        }
+        if self.metrics_export_interval < Duration::from_millis(100) {
+            return Err("--metrics-export-interval (MESH_METRICS_EXPORT_INTERVAL) must be at least 100ms".into());
+        }
+        if let Some(uri) = &self.collector_endpoint
+            && (!matches!(uri.scheme_str(), Some("http")) || uri.authority().is_none())
+        {
+            return Err(format!("--collector-endpoint (MESH_COLLECTOR_ENDPOINT) must be http://host:port, got {uri}"));
+        }
+        let telemetry = TelemetryConfig {
+            collector: self.collector_endpoint.clone(),
+            sampling: self.trace_sampling,
+            slow: self.trace_slow,
+            span_queue: self.span_queue,
+            metrics_interval: self.metrics_export_interval,
+            access_log: self.access_log,
+        };
         let advertise_addr = match self.advertise_addr {
             Some(a) => a,
             None if self.inbound_addr.ip().is_unspecified() => {
@@ -242,6 +303,7 @@ impl Args {
             layout: self.etcd.prefix,
             lease,
             identity,
+            telemetry,
         })
     }
 

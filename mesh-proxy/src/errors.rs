@@ -88,11 +88,12 @@ impl ProxyError {
         self,
         direction: Direction,
         grpc: bool,
-        recorder: Recorder,
+        mut recorder: Recorder,
         metrics: &ProxyMetrics,
     ) -> Response<ResponseBody> {
         metrics.proxy_errors.with_label_values(&[direction.as_str(), self.reason()]).inc();
-        recorder.finish(code_label(self.code()));
+        recorder.proxy_error(self.reason());
+        recorder.finish(code_label(self.code()), 0);
         self.into_response(grpc)
     }
 

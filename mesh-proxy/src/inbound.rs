@@ -11,11 +11,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_registry::ServiceName;
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::client::{H2Client, SendError};
 use crate::errors::{ProxyError, is_grpc};
 use crate::headers::{CLIENT_SERVICE, strip_hop_by_hop};
 use crate::metrics::{Direction, ProxyMetrics};
+use crate::trace::{SpanKind, Tracer};
 use crate::transport::PeerInfo;
 
 /// The inbound side of the proxy.
@@ -25,6 +26,8 @@ pub(crate) struct Inbound {
     /// Present when callers have verified identities (mTLS).
     pub(crate) authorizer: Option<crate::authz::Authorizer>,
     pub(crate) metrics: Arc<ProxyMetrics>,
+    /// Present when spans are exported.
+    pub(crate) tracer: Option<Arc<Tracer>>,
     pub(crate) local: ServiceName,
 }
 
@@ -33,7 +36,9 @@ impl Inbound {
         let grpc = is_grpc(&req);
         let method = self.metrics.method_label(req.uri().path());
         // The caller: its verified identity under mTLS; otherwise what its proxy says.
-        let caller = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
+        let peer = req.extensions().get::<PeerInfo>();
+        let peer_addr = peer.map(|p| p.addr);
+        let caller = peer.and_then(|p| p.identity.clone());
         let verified = caller.as_ref().map(|i| i.service().to_string());
         let source = verified.unwrap_or_else(|| {
             req.headers()
@@ -42,17 +47,26 @@ impl Inbound {
                 .and_then(|v| v.parse::<ServiceName>().ok())
                 .map_or_else(|| "unknown".to_string(), |s| s.to_string())
         });
-        let recorder = self.metrics.start(Direction::Inbound, &source, self.local.as_str(), method);
+        let mut recorder = self.metrics.start(Direction::Inbound, &source, self.local.as_str(), method);
         strip_hop_by_hop(req.headers_mut());
+        // The app sees this hop's span as its parent in `traceparent`.
+        if let Some(tracer) = &self.tracer {
+            let mut span = tracer.start(SpanKind::Server, req.headers_mut());
+            if let Some(addr) = peer_addr {
+                span.set_peer(addr);
+            }
+            recorder.trace(span);
+        }
 
         // Why here: after the caller is known, before anything reaches the app.
         if let Some(authorizer) = &self.authorizer
             && let mesh_registry::authz::Decision::Deny(message) = authorizer.decide(caller.as_ref(), req.uri().path())
         {
-            tracing::info!(%message, "denied an inbound call");
+            tracing::info!(%message, trace_id = recorder.trace_id().unwrap_or_default(), "denied an inbound call");
             return self.fail(ProxyError::NotAuthorized(message), grpc, recorder);
         }
 
+        let req = req.map(|body| RequestBody::new(body, &recorder));
         let cause = match self.app.send(req).await {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
@@ -63,7 +77,7 @@ impl Inbound {
             Err(SendError::Failed(error)) => error.to_string(),
         };
         let error = ProxyError::AppUnavailable { addr: self.app.addr().to_string(), cause };
-        tracing::warn!(%error, "inbound call failed in the proxy");
+        tracing::warn!(%error, trace_id = recorder.trace_id().unwrap_or_default(), "inbound call failed in the proxy");
         self.fail(error, grpc, recorder)
     }
 

@@ -19,8 +19,11 @@
 //! - `outbound` / `inbound`: the two request paths, each read top to bottom.
 //! - `discovery` (watch per service in use) -> `balance` (P2C over peak-EWMA) -> `client` (one
 //!   multiplexed connection per endpoint).
-//! - `errors`: proxy-made gRPC statuses with stable reasons; `metrics`, `body`: telemetry;
-//!   `admin`: `/live`, `/ready`, `/metrics`; `ready`: the local app's readiness probe.
+//! - `errors`: proxy-made gRPC statuses with stable reasons; `ready`: the local app's readiness
+//!   probe; `admin`: `/live`, `/ready`, `/metrics`, `/identity`.
+//! - Telemetry: `metrics` (every series, and the per-request recorder), `body` (status and bytes
+//!   seen on the way), `trace` (W3C trace context and one span per hop), `runtime` (tokio
+//!   runtime and task metrics), `export` (OTLP/gRPC to the collector, bounded, never blocking).
 
 mod admin;
 mod authority;
@@ -31,6 +34,7 @@ mod client;
 pub mod config;
 mod discovery;
 mod errors;
+mod export;
 mod headers;
 pub mod identity;
 mod inbound;
@@ -38,7 +42,9 @@ mod listen;
 mod metrics;
 mod outbound;
 mod ready;
+mod runtime;
 mod tls;
+mod trace;
 mod transport;
 
 use std::sync::Arc;
@@ -80,6 +86,9 @@ pub enum Error {
     /// The TLS configuration could not be built.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The collector endpoint could not be used.
+    #[error("collector endpoint: {0}")]
+    Collector(String),
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
@@ -89,10 +98,19 @@ async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListe
 /// Runs the proxy until SIGTERM or Ctrl-C, then shuts down in order: deregister, wait for peers
 /// to notice, GOAWAY, drain, exit.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let registry = prometheus::Registry::new();
+    let registry = prometheus::Registry::new_custom(None, None)?;
     let proxy_metrics = Arc::new(metrics::ProxyMetrics::new(&registry)?);
     let registry_metrics = Arc::new(mesh_registry::Metrics::new());
     registry_metrics.register(&registry)?;
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    let (inbound_tasks, outbound_tasks) = (runtime::task_monitor(), runtime::task_monitor());
+    runtime::spawn_sampler(
+        &registry,
+        vec![("inbound", inbound_tasks.clone()), ("outbound", outbound_tasks.clone())],
+        Duration::from_secs(5),
+    )?;
+    proxy_metrics.access_log.store(config.telemetry.access_log, Ordering::Relaxed);
+    let (tracer, flush) = start_export(&config, &registry, &proxy_metrics)?;
     let admin_state = Arc::new(admin::AdminState { ready: false.into(), registry, identity: Default::default() });
 
     // Listeners first: a bad address fails the start, before anything is registered.
@@ -131,7 +149,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let balancer_settings = BalancerSettings { decay: config.ewma_decay, default_rtt: config.ewma_default_rtt };
     let new_balancer = {
         let connector = connector.clone();
-        Box::new(move || Balancer::new(connector.clone(), client_settings, balancer_settings))
+        let picks = proxy_metrics.balancer_picks.clone();
+        Box::new(move || {
+            Balancer::new(connector.clone(), client_settings, balancer_settings).counting_picks(picks.clone())
+        })
     };
     let discovery = discovery::Discovery::new(
         etcd.clone(),
@@ -144,6 +165,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let outbound = Arc::new(outbound::Outbound {
         discovery,
         metrics: proxy_metrics.clone(),
+        tracer: tracer.clone(),
         local: config.service.clone(),
         fail_fast: config.fail_fast_timeout,
     });
@@ -164,6 +186,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             client_settings,
         ),
         metrics: proxy_metrics.clone(),
+        tracer,
         local: config.service.clone(),
     });
 
@@ -175,6 +198,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         acceptor: Acceptor::plaintext(config.outbound_limits.handshake_timeout),
         metrics: proxy_metrics.clone(),
         drain: config.drain_timeout,
+        tasks: outbound_tasks,
     };
     let inbound_listener = listen::Listener {
         listener: inbound_listener,
@@ -186,6 +210,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
         metrics: proxy_metrics.clone(),
         drain: config.drain_timeout,
+        tasks: inbound_tasks,
     };
     let outbound_server =
         tokio::spawn(listen::serve(outbound_listener, move |req| outbound.clone().handle(req), stop_rx.clone()));
@@ -222,8 +247,44 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tracing::info!("shutting down: draining");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(outbound_server, inbound_server);
+    if let Some(flush) = flush {
+        // The last spans and the final counts reach the collector, or give up after a second.
+        export::flush(&flush, Duration::from_secs(1)).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the OTLP exporter when a collector is configured: the tracer that feeds it, and the
+/// handle that flushes it on shutdown.
+#[allow(clippy::type_complexity)]
+fn start_export(
+    config: &Config,
+    registry: &prometheus::Registry,
+    metrics: &Arc<metrics::ProxyMetrics>,
+) -> Result<(Option<Arc<trace::Tracer>>, Option<tokio::sync::mpsc::Sender<export::Flush>>), Error> {
+    let telemetry = &config.telemetry;
+    let Some(collector) = &telemetry.collector else {
+        return Ok((None, None));
+    };
+    let endpoint = export::endpoint(collector).map_err(|e| Error::Collector(e.to_string()))?;
+    let (spans_tx, spans_rx) = tokio::sync::mpsc::channel(telemetry.span_queue);
+    let (flush_tx, flush_rx) = tokio::sync::mpsc::channel(1);
+    let tracer = trace::Tracer::new(
+        trace::TraceSettings { sampling: telemetry.sampling, slow: telemetry.slow },
+        spans_tx,
+        metrics.telemetry_dropped.with_label_values(&["spans", "queue_full"]),
+        metrics.spans_unsampled.clone(),
+    );
+    let settings = export::ExportSettings {
+        endpoint,
+        metrics_interval: telemetry.metrics_interval,
+        service: config.service.to_string(),
+        instance: config.instance_id.to_string(),
+    };
+    tokio::spawn(export::run(settings, spans_rx, flush_rx, registry.clone(), metrics.clone()));
+    tracing::info!(%collector, sampling = telemetry.sampling, "exporting telemetry");
+    Ok((Some(Arc::new(tracer)), Some(flush_tx)))
 }
 
 /// Waits until the local app answers, then registers this instance.

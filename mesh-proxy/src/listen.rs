@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::body::ResponseBody;
 use crate::config::H2Limits;
 use crate::metrics::{Direction, ProxyMetrics};
+use crate::runtime::MonitoredExecutor;
 use crate::transport::Acceptor;
 
 /// A bound listener and how to serve it.
@@ -29,6 +30,8 @@ pub(crate) struct Listener {
     pub(crate) metrics: Arc<ProxyMetrics>,
     /// How long in-flight streams may take after GOAWAY.
     pub(crate) drain: Duration,
+    /// Instruments the listener's connection and stream tasks.
+    pub(crate) tasks: tokio_metrics::TaskMonitor,
 }
 
 /// Serves `handler` until `shutdown` turns true, then drains.
@@ -37,11 +40,11 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let Listener { listener, direction, limits, acceptor, metrics, drain } = listener;
+    let Listener { listener, direction, limits, acceptor, metrics, drain, tasks } = listener;
     let dir = direction.as_str();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(MonitoredExecutor(tasks.clone()));
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -80,7 +83,7 @@ where
             (acceptor.clone(), handler.clone(), metrics.clone(), builder.clone());
         let watcher = graceful.watcher();
         // The handshake runs in the connection's own task, never on the accept loop.
-        tokio::spawn(async move {
+        tokio::spawn(tasks.instrument(async move {
             let _slot = slot;
             match acceptor.accept(tcp, addr).await {
                 Ok((io, peer)) => {
@@ -103,7 +106,7 @@ where
                 }
             }
             open.dec();
-        });
+        }));
     }
     drop(listener);
     tracing::info!(direction = dir, connections = graceful.count(), "draining");

@@ -4,10 +4,13 @@
 //! per process (the rest count as `other`, and the overflow is itself counted).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::trace::ActiveSpan;
 
 /// Most distinct `grpc_method` label values.
 pub(crate) const MAX_METHODS: usize = 256;
@@ -42,11 +45,25 @@ pub(crate) struct ProxyMetrics {
     pub(crate) limit_hits: IntCounterVec,
     pub(crate) endpoints: IntGaugeVec,
     pub(crate) retries: IntCounterVec,
+    /// Requests sent to each endpoint by the balancer.
+    pub(crate) balancer_picks: IntCounterVec,
     pub(crate) tls_handshakes: IntCounterVec,
     pub(crate) authz_decisions: IntCounterVec,
     identity_expiry: prometheus::IntGauge,
     identity_renewals: IntCounterVec,
     label_overflow: IntCounter,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    /// Requests in flight, by direction (inbound, outbound).
+    open_streams: [IntGauge; 2],
+    /// Telemetry items (spans, metric points) sent to the collector.
+    pub(crate) telemetry_exported: IntCounterVec,
+    /// Telemetry items dropped, by signal and reason (queue_full, export_failed).
+    pub(crate) telemetry_dropped: IntCounterVec,
+    /// Finished spans not exported: not sampled, neither failed nor slow.
+    pub(crate) spans_unsampled: IntCounter,
+    /// Log each request (target `access`).
+    pub(crate) access_log: AtomicBool,
     methods: Mutex<HashSet<String>>,
 }
 
@@ -78,6 +95,12 @@ impl ProxyMetrics {
             "Requests whose gRPC method was recorded as `other` because the method label limit was reached.",
         )?;
         registry.register(Box::new(label_overflow.clone()))?;
+        let open_streams = gauge("mesh_open_streams", "Requests in flight through the proxy.", &["direction"])?;
+        let spans_unsampled = IntCounter::new(
+            "mesh_spans_unsampled_total",
+            "Finished spans not exported: not sampled, and neither failed nor slow.",
+        )?;
+        registry.register(Box::new(spans_unsampled.clone()))?;
         let metrics = Self {
             requests: counter("mesh_requests_total", "Requests through the proxy, by outcome.", &REQUEST_LABELS)?,
             duration,
@@ -104,6 +127,11 @@ impl ProxyMetrics {
                 "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
                 &["dst_service"],
             )?,
+            balancer_picks: counter(
+                "mesh_balancer_picks_total",
+                "Endpoints chosen by the balancer, by destination service and instance (series go with the instance).",
+                &["dst_service", "instance"],
+            )?,
             tls_handshakes: counter(
                 "mesh_tls_handshakes_total",
                 "mTLS handshakes between proxies by outcome and reason (expired, not_yet_valid, unknown_ca, wrong_identity, no_client_certificate, not_tls, timeout ...).",
@@ -128,6 +156,32 @@ impl ProxyMetrics {
                 &["outcome"],
             )?,
             label_overflow,
+            request_bytes: counter(
+                "mesh_request_bytes_total",
+                "Request body bytes through the proxy.",
+                &["direction", "src_service", "dst_service"],
+            )?,
+            response_bytes: counter(
+                "mesh_response_bytes_total",
+                "Response body bytes through the proxy.",
+                &["direction", "src_service", "dst_service"],
+            )?,
+            open_streams: [
+                open_streams.with_label_values(&[Direction::Inbound.as_str()]),
+                open_streams.with_label_values(&[Direction::Outbound.as_str()]),
+            ],
+            telemetry_exported: counter(
+                "mesh_telemetry_exported_total",
+                "Telemetry sent to the collector, by signal (spans; metrics counts data points).",
+                &["signal"],
+            )?,
+            telemetry_dropped: counter(
+                "mesh_telemetry_dropped_total",
+                "Telemetry dropped instead of slowing traffic, by signal and reason (queue_full, export_failed).",
+                &["signal", "reason"],
+            )?,
+            spans_unsampled,
+            access_log: AtomicBool::new(false),
             methods: Mutex::new(HashSet::new()),
         };
         // Export the per-direction series at 0 from the start, so dashboards and alerts see
@@ -171,31 +225,108 @@ impl ProxyMetrics {
 
     /// Starts timing a request.
     pub(crate) fn start(self: &Arc<Self>, direction: Direction, src: &str, dst: &str, method: String) -> Recorder {
+        self.open_streams[direction as usize].inc();
         Recorder {
             metrics: self.clone(),
-            labels: [direction.as_str(), src, dst].map(str::to_string),
+            direction,
+            peers: [src, dst].map(str::to_string),
             method,
             started: Instant::now(),
+            span: None,
+            error: None,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            outcome: None,
         }
     }
 }
 
-/// Times one request and records it once, with its final gRPC status.
+/// One request's telemetry: times it, counts its bytes, carries its span, and records all of it
+/// once, when the response ends (or, if the caller gave up first, when it is dropped: CANCELLED).
 #[derive(Debug)]
 pub(crate) struct Recorder {
     metrics: Arc<ProxyMetrics>,
-    labels: [String; 3],
+    direction: Direction,
+    /// Source and destination services.
+    peers: [String; 2],
     method: String,
     started: Instant,
+    span: Option<ActiveSpan>,
+    error: Option<&'static str>,
+    request_bytes: Arc<AtomicU64>,
+    /// Final gRPC status and response bytes, once known.
+    outcome: Option<(&'static str, u64)>,
 }
 
 impl Recorder {
-    /// Records the request with `status` (a [`grpc_status_label`] value).
-    pub(crate) fn finish(self, status: &str) {
-        let [direction, src, dst] = &self.labels;
-        let values = [direction.as_str(), src, dst, &self.method, status];
-        self.metrics.requests.with_label_values(&values).inc();
-        self.metrics.duration.with_label_values(&values).observe(self.started.elapsed().as_secs_f64());
+    /// Attaches this hop's span.
+    pub(crate) fn trace(&mut self, span: ActiveSpan) {
+        self.span = Some(span);
+    }
+
+    /// This hop's span, while the request runs.
+    pub(crate) fn span_mut(&mut self) -> Option<&mut ActiveSpan> {
+        self.span.as_mut()
+    }
+
+    /// The trace id, for logs.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        self.span.as_ref().map(|s| s.context.trace_id_hex())
+    }
+
+    /// The counter the request body adds its bytes to.
+    pub(crate) fn request_bytes(&self) -> Arc<AtomicU64> {
+        self.request_bytes.clone()
+    }
+
+    /// Marks the call as answered by the proxy itself, with a stable reason.
+    pub(crate) fn proxy_error(&mut self, reason: &'static str) {
+        self.error = Some(reason);
+    }
+
+    /// Records the request with `status` (a [`grpc_status_label`] value) and the response body size.
+    pub(crate) fn finish(mut self, status: &'static str, response_bytes: u64) {
+        self.outcome = Some((status, response_bytes));
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let (status, response_bytes) = self.outcome.unwrap_or(("CANCELLED", 0));
+        let elapsed = self.started.elapsed();
+        let m = &self.metrics;
+        m.open_streams[self.direction as usize].dec();
+        let [src, dst] = &self.peers;
+        let direction = self.direction.as_str();
+        let values = [direction, src, dst, &self.method, status];
+        m.requests.with_label_values(&values).inc();
+        m.duration.with_label_values(&values).observe(elapsed.as_secs_f64());
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        if request_bytes > 0 {
+            m.request_bytes.with_label_values(&[direction, src, dst]).inc_by(request_bytes);
+        }
+        if response_bytes > 0 {
+            m.response_bytes.with_label_values(&[direction, src, dst]).inc_by(response_bytes);
+        }
+        let trace_id = self.trace_id();
+        if m.access_log.load(Ordering::Relaxed) {
+            tracing::info!(
+                target: "access",
+                direction,
+                src_service = %src,
+                dst_service = %dst,
+                grpc_method = %self.method,
+                grpc_status = status,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                request_bytes,
+                response_bytes,
+                mesh_error = self.error.unwrap_or(""),
+                trace_id = trace_id.as_deref().unwrap_or(""),
+            );
+        }
+        if let Some(span) = self.span.take() {
+            let peer = if self.direction == Direction::Inbound { src } else { dst };
+            span.finish(&self.method, peer, status, self.error, elapsed);
+        }
     }
 }
 
@@ -205,31 +336,37 @@ pub(crate) fn grpc_status_label(value: &[u8]) -> &'static str {
     std::str::from_utf8(value).ok().and_then(|s| s.trim().parse::<usize>().ok()).map_or("UNKNOWN", code_name)
 }
 
+/// The numeric gRPC code of a [`grpc_status_label`] value (2, UNKNOWN, for anything else).
+pub(crate) fn grpc_status_code(label: &str) -> i64 {
+    NAMES.iter().position(|n| *n == label).map_or(2, |i| i as i64)
+}
+
 /// The `grpc_status` label of a status the proxy makes itself.
 pub(crate) fn code_label(code: tonic::Code) -> &'static str {
     code_name(code as usize)
 }
 
+const NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 fn code_name(code: usize) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     NAMES.get(code).copied().unwrap_or("UNKNOWN")
 }
 

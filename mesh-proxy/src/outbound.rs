@@ -17,12 +17,13 @@ use tokio::time::Instant;
 
 use crate::authority;
 use crate::balance::Empty;
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::client::SendError;
 use crate::discovery::Discovery;
 use crate::errors::{ProxyError, is_grpc};
 use crate::headers::{CLIENT_SERVICE, strip_hop_by_hop};
 use crate::metrics::{Direction, ProxyMetrics, Recorder};
+use crate::trace::{SpanKind, Tracer};
 
 /// How many endpoints one request may be offered to when it could not be sent.
 const MAX_ATTEMPTS: usize = 3;
@@ -32,28 +33,35 @@ const MAX_ATTEMPTS: usize = 3;
 pub(crate) struct Outbound {
     pub(crate) discovery: Arc<Discovery>,
     pub(crate) metrics: Arc<ProxyMetrics>,
+    /// Present when spans are exported.
+    pub(crate) tracer: Option<Arc<Tracer>>,
     pub(crate) local: ServiceName,
     pub(crate) fail_fast: Duration,
 }
 
 impl Outbound {
-    pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
         let grpc = is_grpc(&req);
         let method = self.metrics.method_label(req.uri().path());
-        let service = match authority::target(&req) {
+        let target = authority::target(&req);
+        let dst = target.as_ref().map_or("unknown", |s| s.as_str());
+        let mut recorder = self.metrics.start(Direction::Outbound, self.local.as_str(), dst, method);
+        let (mut parts, body) = req.into_parts();
+        // The peer sees this hop's span as its parent in `traceparent`.
+        if let Some(tracer) = &self.tracer {
+            recorder.trace(tracer.start(SpanKind::Client, &mut parts.headers));
+        }
+        let service = match target {
             Ok(service) => service,
-            Err(raw) => {
-                let recorder = self.metrics.start(Direction::Outbound, self.local.as_str(), "unknown", method);
-                return self.fail(ProxyError::BadAuthority(raw), grpc, recorder);
-            }
+            Err(raw) => return self.fail(ProxyError::BadAuthority(raw), grpc, recorder),
         };
-        let recorder = self.metrics.start(Direction::Outbound, self.local.as_str(), service.as_str(), method);
 
         // Why here: the app's headers are cleaned once, before any attempt.
-        strip_hop_by_hop(req.headers_mut());
+        strip_hop_by_hop(&mut parts.headers);
         if let Ok(local) = HeaderValue::from_str(self.local.as_str()) {
-            req.headers_mut().insert(CLIENT_SERVICE, local);
+            parts.headers.insert(CLIENT_SERVICE, local);
         }
+        let mut req = Request::from_parts(parts, RequestBody::new(body, &recorder));
 
         let balancer = match self.discovery.balancer(&service) {
             Ok(balancer) => balancer,
@@ -83,6 +91,9 @@ impl Outbound {
                 }
             };
             let endpoint = picked.endpoint().clone();
+            if let Some(span) = recorder.span_mut() {
+                span.set_endpoint(endpoint.record.instance_id.as_str(), &endpoint.client.addr().to_string());
+            }
             let sent = Instant::now();
             // The caller's deadline bounds the wait for response headers; dropping the send
             // cancels the call upstream (RST_STREAM).
@@ -129,7 +140,7 @@ impl Outbound {
     }
 
     fn fail(&self, error: ProxyError, grpc: bool, recorder: Recorder) -> Response<ResponseBody> {
-        tracing::debug!(%error, "outbound call failed in the proxy");
+        tracing::debug!(%error, trace_id = recorder.trace_id().unwrap_or_default(), "outbound call failed in the proxy");
         error.respond(Direction::Outbound, grpc, recorder, &self.metrics)
     }
 }

@@ -14,6 +14,7 @@ pub mod load;
 pub mod mesh;
 pub mod process;
 pub mod raw;
+pub mod telemetry;
 pub mod tls;
 
 use std::future::Future;

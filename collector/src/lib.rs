@@ -1,0 +1,140 @@
+//! `mesh-collector`, the mesh's bundled telemetry collector.
+//!
+//! ```text
+//!  proxies, any OTel SDK ──OTLP/gRPC :4317──▶ receiver ─▶ pipeline ─┬─▶ series store ──▶ :9464 /metrics (Prometheus)
+//!                                                                   ├─▶ trace store  ──▶ :9411 Zipkin v2 API (Grafana)
+//!                                                                   ├─▶ service graph ─▶ :9464 mesh_service_graph_*
+//!                                                                   └─▶ forwarder ─────▶ another OTLP endpoint (optional)
+//! ```
+//!
+//! # Structure
+//! - [`config`]: every setting, typed.
+//! - `receiver`: the OTLP `TraceService` and `MetricsService`.
+//! - `pipeline`: where an export goes; `forward`: the bounded queue to the next hop.
+//! - `series`: OTLP metrics as Prometheus series (restart-safe counters, TTL, series limit).
+//! - `traces`: the bounded trace store and the Zipkin span shape; `zipkin`: the read API.
+//! - `graph`: service-graph metrics from spans; `health`: the collector's own metrics.
+//! - `http`: the small HTTP/1.1 server both read endpoints use.
+
+pub mod config;
+mod forward;
+mod graph;
+mod health;
+mod http;
+mod pipeline;
+mod receiver;
+mod series;
+mod traces;
+mod zipkin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+
+/// Why the collector could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The OTLP server failed.
+    #[error("OTLP server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
+}
+
+/// Runs the collector until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let registry = prometheus::Registry::new();
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    let health = health::Health::new(&registry)?;
+    let graph = graph::ServiceGraph::new(&registry)?;
+    let forward =
+        config.forward_endpoint.clone().map(|uri| forward::Forwarder::start(uri, config.forward_queue, health.clone()));
+    let pipeline = Arc::new(Pipeline::new(
+        traces::StoreLimits { max_spans: config.trace_store_spans, max_bytes: config.trace_store_bytes },
+        config.series_limit,
+        config.series_ttl,
+        graph,
+        health,
+        forward,
+    ));
+
+    let otlp = bind(config.otlp_addr, "otlp").await?;
+    let metrics = bind(config.metrics_addr, "metrics").await?;
+    let query = bind(config.query_addr, "query").await?;
+
+    let scrape = {
+        let pipeline = pipeline.clone();
+        Arc::new(move |req: &::http::Request<hyper::body::Incoming>| match req.uri().path() {
+            "/metrics" => exposition(&registry, &pipeline),
+            "/health" | "/ready" => http::respond(::http::StatusCode::OK, "text/plain", "ok\n"),
+            _ => http::error(::http::StatusCode::NOT_FOUND, "not found: try /metrics"),
+        })
+    };
+    tokio::spawn(http::serve(metrics, scrape));
+    let api = {
+        let pipeline = pipeline.clone();
+        Arc::new(move |req: &::http::Request<hyper::body::Incoming>| zipkin::handle(&pipeline, req))
+    };
+    tokio::spawn(http::serve(query, api));
+    let upkeep = pipeline.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            upkeep.expire();
+        }
+    });
+
+    tracing::info!(
+        otlp = %config.otlp_addr,
+        metrics = %config.metrics_addr,
+        query = %config.query_addr,
+        forward = config.forward_endpoint.as_ref().map(ToString::to_string).unwrap_or_default(),
+        "listening"
+    );
+    let (traces, metrics) = receiver::services(receiver::Receiver(pipeline));
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(100))
+        .http2_max_header_list_size(Some(16 * 1024))
+        .timeout(Duration::from_secs(30))
+        .add_service(traces)
+        .add_service(metrics)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(otlp).with_nodelay(Some(true)),
+            mesh_registry::cli::shutdown_signal(),
+        )
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `/metrics`: the collector's own metrics, then every series received.
+fn exposition(registry: &prometheus::Registry, pipeline: &Pipeline) -> ::http::Response<http::Body> {
+    let mut families = registry.gather();
+    families.extend(pipeline.series.lock().unwrap_or_else(|e| e.into_inner()).families());
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&families, &mut buf) {
+        Ok(()) => http::respond(::http::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", buf),
+        Err(e) => http::error(::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,347 @@
+//! Tracing at each hop: the W3C trace context (`traceparent`) is read from the request, or a new
+//! trace starts here; the proxy opens one span for its hop (SERVER on inbound, CLIENT on
+//! outbound) and rewrites `traceparent` so that whatever happens next is that span's child.
+//!
+//! A span costs two ids and a timestamp until its request ends. Only then is the export decided:
+//! sampled traces (the caller's decision, or the head-sampling ratio for new traces), and any
+//! request that failed or was slow, whatever the sampling said. Finished spans go to the exporter
+//! through a bounded queue; when it is full the span is dropped and counted, never waited for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+/// The W3C trace context header.
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A position in a trace: the trace, the span, and whether the trace is sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) sampled: bool,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`). Anything malformed, all-zero
+    /// ids, version `ff`, or uppercase hex (which the spec says to ignore) yields `None`; a
+    /// higher version is read by its first four fields, as the spec asks.
+    pub(crate) fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() < 55 || (value.len() > 55 && (value[..2] == *b"00" || value[55] != b'-')) {
+            return None;
+        }
+        if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let version = hex_byte(&value[0..2])?;
+        if version == 0xff {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        for (i, b) in trace_id.iter_mut().enumerate() {
+            *b = hex_byte(&value[3 + 2 * i..5 + 2 * i])?;
+        }
+        for (i, b) in span_id.iter_mut().enumerate() {
+            *b = hex_byte(&value[36 + 2 * i..38 + 2 * i])?;
+        }
+        let flags = hex_byte(&value[53..55])?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+    }
+
+    /// The `traceparent` value for this position.
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        let mut out = Vec::with_capacity(55);
+        out.extend_from_slice(b"00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push(b'-');
+        push_hex(&mut out, &self.span_id);
+        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The trace id as 32 lowercase hex digits (what logs and the trace API show).
+    pub(crate) fn trace_id_hex(&self) -> String {
+        hex_string(&self.trace_id)
+    }
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    Some(digit(pair[0])? << 4 | digit(pair[1])?)
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn random_span_id() -> [u8; 8] {
+    loop {
+        let id = fastrand::u64(..).to_be_bytes();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn random_trace_id() -> [u8; 16] {
+    loop {
+        let id = fastrand::u128(..).to_be_bytes();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+/// Which side of a hop a span stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    /// The inbound proxy receiving a call for its app.
+    Server,
+    /// The outbound proxy making its app's call.
+    Client,
+}
+
+/// When spans are exported.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TraceSettings {
+    /// Share of new traces sampled (0.0-1.0); a caller's decision is always followed.
+    pub(crate) sampling: f64,
+    /// Requests at least this slow are exported even when not sampled.
+    pub(crate) slow: Duration,
+}
+
+/// A finished span, as handed to the exporter.
+#[derive(Debug)]
+pub(crate) struct FinishedSpan {
+    pub(crate) context: TraceContext,
+    pub(crate) parent: Option<[u8; 8]>,
+    pub(crate) kind: SpanKind,
+    /// The gRPC method label (`/pkg.Service/Method`, or `other`).
+    pub(crate) method: String,
+    /// The service on the other side of the hop.
+    pub(crate) peer_service: String,
+    pub(crate) start: SystemTime,
+    pub(crate) duration: Duration,
+    /// The gRPC status label (`OK`, `UNAVAILABLE` ...).
+    pub(crate) status: &'static str,
+    /// The proxy's own reason when it answered the call itself.
+    pub(crate) error: Option<&'static str>,
+    /// The socket address on the other side (the caller's on inbound, the endpoint's on outbound).
+    pub(crate) peer_addr: Option<String>,
+    /// The chosen endpoint's instance id (outbound).
+    pub(crate) endpoint: Option<String>,
+    /// Attempts sent to another endpoint (outbound).
+    pub(crate) retries: u32,
+}
+
+/// Starts spans and queues finished ones for export.
+#[derive(Debug)]
+pub(crate) struct Tracer {
+    settings: TraceSettings,
+    queue: mpsc::Sender<FinishedSpan>,
+    queue_full: IntCounter,
+    unsampled: IntCounter,
+}
+
+impl Tracer {
+    pub(crate) fn new(
+        settings: TraceSettings,
+        queue: mpsc::Sender<FinishedSpan>,
+        queue_full: IntCounter,
+        unsampled: IntCounter,
+    ) -> Self {
+        Self { settings, queue, queue_full, unsampled }
+    }
+
+    /// Opens this hop's span under the request's trace context (or starts a trace) and points the
+    /// request's `traceparent` at it.
+    pub(crate) fn start(self: &Arc<Self>, kind: SpanKind, headers: &mut HeaderMap) -> ActiveSpan {
+        let parent = headers.get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
+        let context = match parent {
+            Some(parent) => TraceContext { span_id: random_span_id(), ..parent },
+            None => TraceContext {
+                trace_id: random_trace_id(),
+                span_id: random_span_id(),
+                sampled: fastrand::f64() < self.settings.sampling,
+            },
+        };
+        headers.insert(TRACEPARENT, context.header_value());
+        ActiveSpan {
+            tracer: self.clone(),
+            context,
+            parent: parent.map(|p| p.span_id),
+            kind,
+            start: SystemTime::now(),
+            peer_addr: None,
+            endpoint: None,
+            retries: 0,
+        }
+    }
+
+    fn export(&self, span: FinishedSpan) {
+        let wanted = span.context.sampled || span.status != "OK" || span.duration >= self.settings.slow;
+        if !wanted {
+            self.unsampled.inc();
+            return;
+        }
+        if self.queue.try_send(span).is_err() {
+            self.queue_full.inc();
+        }
+    }
+}
+
+/// A hop's span while its request runs.
+#[derive(Debug)]
+pub(crate) struct ActiveSpan {
+    tracer: Arc<Tracer>,
+    pub(crate) context: TraceContext,
+    parent: Option<[u8; 8]>,
+    kind: SpanKind,
+    start: SystemTime,
+    peer_addr: Option<SocketAddr>,
+    endpoint: Option<(String, String)>,
+    retries: u32,
+}
+
+impl ActiveSpan {
+    /// The caller's socket address (inbound).
+    pub(crate) fn set_peer(&mut self, addr: SocketAddr) {
+        self.peer_addr = Some(addr);
+    }
+
+    /// The endpoint this attempt went to (outbound): instance id and address.
+    pub(crate) fn set_endpoint(&mut self, instance: &str, addr: &str) {
+        if self.endpoint.is_some() {
+            self.retries += 1;
+        }
+        self.endpoint = Some((instance.to_string(), addr.to_string()));
+    }
+
+    /// Ends the span and hands it to the exporter if it is wanted.
+    pub(crate) fn finish(
+        self,
+        method: &str,
+        peer_service: &str,
+        status: &'static str,
+        error: Option<&'static str>,
+        duration: Duration,
+    ) {
+        let (endpoint, endpoint_addr) = self.endpoint.unzip();
+        let span = FinishedSpan {
+            context: self.context,
+            parent: self.parent,
+            kind: self.kind,
+            method: method.to_string(),
+            peer_service: peer_service.to_string(),
+            start: self.start,
+            duration,
+            status,
+            error,
+            peer_addr: endpoint_addr.or_else(|| self.peer_addr.map(|a| a.to_string())),
+            endpoint,
+            retries: self.retries,
+        };
+        self.tracer.export(span);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_round_trips() {
+        let ctx = TraceContext::parse(VALID).unwrap();
+        assert!(ctx.sampled);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.header_value().as_bytes(), VALID);
+        let unsampled = TraceContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!unsampled.sampled);
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            &b""[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // A future version may append fields after a dash.
+        assert!(TraceContext::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later").is_some());
+    }
+
+    fn tracer(sampling: f64) -> (Arc<Tracer>, mpsc::Receiver<FinishedSpan>) {
+        let (tx, rx) = mpsc::channel(2);
+        let counter = |n| IntCounter::new(n, "test").unwrap();
+        let settings = TraceSettings { sampling, slow: Duration::from_secs(1) };
+        (Arc::new(Tracer::new(settings, tx, counter("full"), counter("unsampled"))), rx)
+    }
+
+    #[test]
+    fn a_hop_is_a_child_of_the_callers_span_and_propagates_its_own() {
+        let (tracer, _rx) = tracer(0.0);
+        let mut headers = HeaderMap::new();
+        headers
+            .insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        let span = tracer.start(SpanKind::Server, &mut headers);
+        assert_eq!(span.parent, Some(TraceContext::parse(VALID).unwrap().span_id));
+        assert_eq!(span.context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(span.context.sampled, "the caller's decision is followed");
+        let sent = TraceContext::parse(headers[&TRACEPARENT].as_bytes()).unwrap();
+        assert_eq!(sent, span.context, "what goes on is this span's child");
+
+        let mut fresh = HeaderMap::new();
+        let root = tracer.start(SpanKind::Client, &mut fresh);
+        assert_eq!(root.parent, None);
+        assert!(!root.context.sampled, "ratio 0 samples no new trace");
+        assert!(fresh.contains_key(&TRACEPARENT));
+    }
+
+    #[test]
+    fn failed_and_slow_requests_are_exported_even_unsampled_and_a_full_queue_drops() {
+        let (tracer, mut rx) = tracer(0.0);
+        let start = |t: &Arc<Tracer>| t.start(SpanKind::Server, &mut HeaderMap::new());
+        start(&tracer).finish("/a/b", "x", "OK", None, Duration::from_millis(1));
+        assert!(rx.try_recv().is_err(), "unsampled, fast and OK: not exported");
+        start(&tracer).finish("/a/b", "x", "UNAVAILABLE", Some("no_endpoints"), Duration::from_millis(1));
+        start(&tracer).finish("/a/b", "x", "OK", None, Duration::from_secs(2));
+        start(&tracer).finish("/a/b", "x", "INTERNAL", None, Duration::from_millis(1));
+        assert_eq!(rx.try_recv().unwrap().error, Some("no_endpoints"));
+        assert_eq!(rx.try_recv().unwrap().duration, Duration::from_secs(2));
+        assert_eq!(tracer.queue_full.get(), 1, "the third did not fit a queue of 2");
+        assert_eq!(tracer.unsampled.get(), 1);
+    }
+}
