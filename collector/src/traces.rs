@@ -88,14 +88,19 @@ impl StoredSpan {
         })
     }
 
-    /// What this span costs the store, approximately, in bytes (heap and bookkeeping).
+    /// What this span costs the store in bytes: the struct, its queue and index entries, and
+    /// each heap allocation with the allocator's own overhead (about 16 bytes each).
     pub(crate) fn size(&self) -> usize {
-        const FIXED: usize = 256;
+        const FIXED: usize = std::mem::size_of::<StoredSpan>() + 64;
+        const PER_STRING: usize = 16;
+        const PER_TAG: usize = std::mem::size_of::<(String, String)>() + 2 * PER_STRING;
         FIXED
             + self.name.len()
             + self.service.len()
-            + self.remote_service.as_ref().map_or(0, String::len)
-            + self.tags.iter().map(|(k, v)| 64 + k.len() + v.len()).sum::<usize>()
+            + 2 * PER_STRING
+            + self.remote_service.as_ref().map_or(0, |r| r.len() + PER_STRING)
+            + self.tags.capacity() * PER_TAG
+            + self.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     }
 }
 

@@ -235,3 +235,46 @@ pub fn exporting(collector: &str) -> Vec<(&'static str, String)> {
         ("MESH_TRACE_SAMPLING", "1".to_string()),
     ]
 }
+
+/// etcd, a collector (and, if asked, Prometheus scraping it), and one meshed echo instance
+/// (`echo-1` of `echo`) whose sidecar exports everything; [`ExportingMesh::client`] adds the
+/// calling side.
+#[derive(Debug)]
+pub struct ExportingMesh {
+    /// The registry.
+    pub etcd: crate::etcd::Etcd,
+    /// The collector.
+    pub collector: Collector,
+    /// Prometheus, if started.
+    pub prometheus: Option<Prometheus>,
+    /// The called service.
+    pub server: crate::mesh::EchoInstance,
+    env: Vec<(&'static str, String)>,
+}
+
+impl ExportingMesh {
+    /// Starts everything and waits until the server's proxy is ready.
+    pub async fn start(with_prometheus: bool) -> Self {
+        let etcd = crate::etcd::Etcd::start().await;
+        let collector = Collector::start(&[]).await;
+        let prometheus = if with_prometheus { Some(Prometheus::start(&collector.metrics).await) } else { None };
+        let env = exporting(&collector.endpoint());
+        let server = crate::mesh::EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &Self::pairs(&env));
+        server.sidecar.ready().await;
+        Self { etcd, collector, prometheus, server, env }
+    }
+
+    fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// A client sidecar (`client-1` of `client`) exporting to the same collector.
+    pub async fn client(&self) -> (Proc, crate::mesh::Sidecar) {
+        crate::mesh::client_sidecar_with(&self.etcd.endpoint(), &Self::pairs(&self.env)).await
+    }
+
+    /// Prometheus (started with `with_prometheus`).
+    pub fn prometheus(&self) -> &Prometheus {
+        self.prometheus.as_ref().unwrap()
+    }
+}

@@ -7,24 +7,18 @@
 use std::time::Duration;
 
 use mesh_proto::demo::v1::EchoRequest;
-use mesh_tests::etcd::Etcd;
 use mesh_tests::eventually;
-use mesh_tests::mesh::{EchoInstance, client_sidecar_with, metric_sum};
-use mesh_tests::telemetry::{Collector, Prometheus, exporting};
+use mesh_tests::mesh::metric_sum;
+use mesh_tests::telemetry::ExportingMesh;
 
 const OK_CALLS: usize = 150;
 const FAILED_CALLS: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_the_exact_traffic_its_success_rate_and_latency() {
-    let etcd = Etcd::start().await;
-    let collector = Collector::start(&[]).await;
-    let prometheus = Prometheus::start(&collector.metrics).await;
-    let env = exporting(&collector.endpoint());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &env);
-    server.sidecar.ready().await;
-    let (_client_app, client) = client_sidecar_with(&etcd.endpoint(), &env).await;
+    let mesh = ExportingMesh::start(true).await;
+    let prometheus = mesh.prometheus();
+    let (_client_app, client) = mesh.client().await;
 
     let mut echo = client.echo_client("echo").await;
     for _ in 0..OK_CALLS {
