@@ -4,6 +4,8 @@
 #   hop1        one mesh-proxy hop   (load -> server sidecar inbound -> app)
 #   hop2        the real mesh path   (load -> client sidecar outbound -> server sidecar inbound -> app)
 #   hop2tls     the same with identities from the control plane and mutual TLS between the proxies
+#   hop2otel    the mesh path exporting telemetry to mesh-collector at the default settings
+#               (10 % head sampling, metrics every 10 s); hop2otel100 at 100 % sampling
 #   nginx       nginx grpc_pass, one worker           (single-hop peer)
 #   haproxy     HAProxy in HTTP/2 mode, nbthread 1     (single-hop peer)
 # with the proxy at 1 worker thread (like for like) and at its default (2). Loads: 100-byte unary,
@@ -32,7 +34,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --locked -p mesh-proxy -p mesh-demo -p meshctl -p mesh-registry
+cargo build --release --locked -p mesh-proxy -p mesh-demo -p meshctl -p mesh-registry -p mesh-collector
 BIN="${CARGO_TARGET_DIR:-target}/release"
 OUT="${CARGO_TARGET_DIR:-target}/bench"
 WORK="$(mktemp -d)"; echo "work dir: $WORK" >&2
@@ -70,13 +72,21 @@ CA=$(port)
 MESH_LOG=warn "$BIN/mesh-registry" serve --ca-dir "$WORK/ca" --listen "127.0.0.1:$CA" --etcd-endpoints "127.0.0.1:$ETCD" >"$WORK/ca.log" 2>&1 &
 pids+=($!); wait_port "$CA"
 
-# Proxies: for each worker count (and plaintext or mTLS), a server sidecar and a client sidecar.
+# The telemetry collector, for the hop2otel paths.
+OTLP=$(port); COLLECTOR_METRICS=$(port); COLLECTOR_QUERY=$(port)
+MESH_LOG=warn "$BIN/mesh-collector" --otlp-addr "127.0.0.1:$OTLP" --metrics-addr "127.0.0.1:$COLLECTOR_METRICS" \
+  --query-addr "127.0.0.1:$COLLECTOR_QUERY" >"$WORK/collector.log" 2>&1 &
+pids+=($!); COLLECTOR_PID=$!; wait_port "$OTLP"
+
+# Proxies: for each worker count (and plaintext, mTLS, or exporting telemetry), a server sidecar
+# and a client sidecar. Telemetry runs at the default worker count only.
 declare -A PROXY_PID HOP1_ADDR HOP2_ADDR
-for mode in plain tls; do
+for mode in plain tls otel otel100; do
   for workers in 1 2; do
+    case "$mode" in otel*) [ "$workers" = 2 ] || continue ;; esac
     for role in server client; do
       in=$(port); out=$(port); admin=$(port)
-      suffix=$([ "$mode" = tls ] && echo "tls-w$workers" || echo "w$workers")
+      suffix=$([ "$mode" = plain ] && echo "w$workers" || echo "$mode-w$workers")
       service=$([ "$role" = server ] && echo "echo-$suffix" || echo "client-$suffix")
       identity=()
       if [ "$mode" = tls ]; then
@@ -84,6 +94,8 @@ for mode in plain tls; do
         identity=(--identity-ca-addr "https://127.0.0.1:$CA" --identity-ca-name localhost
           --identity-trust-bundle "$WORK/ca/bundle.pem" --identity-token "$token")
       fi
+      [ "$mode" = otel ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP")
+      [ "$mode" = otel100 ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP" --trace-sampling 1)
       MESH_LOG=warn "$BIN/mesh-proxy" --service "$service" --instance-id "$role-$suffix" --app-addr "127.0.0.1:$APP" \
         --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
         --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" "${identity[@]}" >"$WORK/$role-$suffix.log" 2>&1 &
@@ -148,10 +160,12 @@ declare -A TARGETS=(
   [hop2-w2]="${HOP2_ADDR[w2]} echo-w2 ${PROXY_PID[client-w2]},${PROXY_PID[server-w2]}"
   [hop2tls-w1]="${HOP2_ADDR[tls-w1]} echo-tls-w1 ${PROXY_PID[client-tls-w1]},${PROXY_PID[server-tls-w1]}"
   [hop2tls-w2]="${HOP2_ADDR[tls-w2]} echo-tls-w2 ${PROXY_PID[client-tls-w2]},${PROXY_PID[server-tls-w2]}"
+  [hop2otel-w2]="${HOP2_ADDR[otel-w2]} echo-otel-w2 ${PROXY_PID[client-otel-w2]},${PROXY_PID[server-otel-w2]}"
+  [hop2otel100-w2]="${HOP2_ADDR[otel100-w2]} echo-otel100-w2 ${PROXY_PID[client-otel100-w2]},${PROXY_PID[server-otel100-w2]}"
   [nginx]="127.0.0.1:$NGINX echo $NGINX_WORKER"
   [haproxy]="127.0.0.1:$HAPROXY echo $HAPROXY_PID"
 )
-ORDER=(direct hop1-w1 hop2-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 nginx haproxy)
+ORDER=(direct hop1-w1 hop2-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 hop2otel-w2 hop2otel100-w2 nginx haproxy)
 # BENCH_TARGETS="direct hop1-w1" runs a subset (for quick looks; docs/benchmarks.md wants all).
 [ -n "${BENCH_TARGETS:-}" ] && read -r -a ORDER <<<"$BENCH_TARGETS"
 
@@ -201,6 +215,10 @@ rps = re.search(r"finished in .*?, ([0-9.]+) req/s", text)
 ok = re.search(r"status codes: (\d+) 2xx", text)
 json.dump({"rps": float(rps.group(1)) if rps else None, "ok_2xx": int(ok.group(1)) if ok else None}, sys.stdout)' >"$OUT/$name.h2load.json"
 done
+
+# What the collector received and dropped, and its memory, for the report.
+curl -fs "http://127.0.0.1:$COLLECTOR_METRICS/metrics" | grep -E '^mesh_collector_(received|dropped|stored)' >"$OUT/collector.txt" || true
+echo "collector_rss_kib $(rss_kib "$COLLECTOR_PID")" >>"$OUT/collector.txt"
 
 REPORT="${BENCH_REPORT:-docs/benchmarks.md}"
 if [ "$REPORT" = - ]; then

@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 results, rounds, seconds, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ORDER = ["direct", "hop1-w1", "hop2-w1", "hop2tls-w1", "hop1-w2", "hop2-w2", "hop2tls-w2", "nginx", "haproxy"]
+ORDER = ["direct", "hop1-w1", "hop2-w1", "hop2tls-w1", "hop1-w2", "hop2-w2", "hop2tls-w2", "hop2otel-w2", "hop2otel100-w2",
+         "nginx", "haproxy"]
 LABEL = {
     "direct": "direct (no proxy)",
     "hop1-w1": "mesh-proxy, 1 hop, 1 worker",
@@ -20,6 +21,8 @@ LABEL = {
     "hop2-w2": "mesh-proxy, 2 hops, default 2 workers each",
     "hop2tls-w1": "mesh-proxy, 2 hops over mTLS, 1 worker each",
     "hop2tls-w2": "mesh-proxy, 2 hops over mTLS, default 2 workers each",
+    "hop2otel-w2": "mesh-proxy, 2 hops, telemetry on (default: 10 % sampling), 2 workers each",
+    "hop2otel100-w2": "mesh-proxy, 2 hops, telemetry at 100 % sampling, 2 workers each",
     "nginx": "nginx grpc_pass, 1 worker",
     "haproxy": "HAProxy h2, nbthread 1",
 }
@@ -157,6 +160,21 @@ if plain_c and tls_c:
 if plain_o and tls_o:
     added = (tls_o["p50"] - plain_o["p50"]) / 1000
     check(f"mTLS adds <= 0.1 ms p50 to the mesh path at {rate}/s", added <= 0.1, f"{added:.3f} ms")
+base_c, base_o = S[("hop2-w2", "closed")], S[("hop2-w2", "open")]
+for name, label in (("hop2otel-w2", "default settings"), ("hop2otel100-w2", "100 % sampling")):
+    oc, oo = S[(name, "closed")], S[(name, "open")]
+    if base_c and oc:
+        cost = 1 - oc["rps"] / base_c["rps"]
+        check(f"telemetry at {label} costs <= 10 % of the mesh path's throughput (2 workers)", cost <= 0.10, f"{cost * 100:.1f} %")
+    if base_o and oo:
+        added = (oo["p50"] - base_o["p50"]) / 1000
+        check(f"telemetry at {label} adds <= 0.05 ms p50 at {rate}/s", added <= 0.05, f"{added:.3f} ms")
+collector = os.path.join(results, "collector.txt")
+if os.path.exists(collector):
+    w("\nThe collector after the run (everything the telemetry paths exported; `mesh_collector_*`):\n")
+    w("```")
+    w(open(collector).read().strip())
+    w("```")
 w("""
 ## Reading these numbers
 

@@ -48,7 +48,10 @@ async fn a_request_across_three_services_is_one_linked_trace() {
     for (_, sidecar) in &mesh {
         sidecar.ready().await;
     }
-    let (_client_app, client) = client_sidecar_with(&etcd.endpoint(), &env).await;
+    // The calling proxy also writes a JSON access log.
+    let mut client_env = env.clone();
+    client_env.extend([("MESH_ACCESS_LOG", "true"), ("MESH_LOG_FORMAT", "json")]);
+    let (_client_app, client) = client_sidecar_with(&etcd.endpoint(), &client_env).await;
     let mut echo = client.echo_client("a").await;
 
     // 1. A sampled request.
@@ -103,6 +106,18 @@ async fn a_request_across_three_services_is_one_linked_trace() {
     assert_eq!(found[0].as_array().unwrap().len(), 6);
     let (_, none) = collector.api("/api/v2/traces?serviceName=c&minDuration=60000000").await;
     assert_eq!(none, serde_json::json!([]));
+
+    // The access log line of that call carries its trace id.
+    let log = client.proc.log();
+    let access: Vec<Value> =
+        log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["target"] == "access").collect();
+    let line = access
+        .iter()
+        .find(|l| l["fields"]["trace_id"] == trace_id)
+        .unwrap_or_else(|| panic!("no access log line with the trace id in:\n{log}"));
+    assert_eq!(line["fields"]["grpc_status"], "OK");
+    assert_eq!(line["fields"]["dst_service"], "a");
+    assert_eq!(line["fields"]["grpc_method"], "/mesh.demo.v1.Echo/Unary");
 
     // 2. An unsampled request that succeeds leaves no spans.
     let quiet = "11111111111111111111111111111111";
