@@ -23,10 +23,10 @@ pub struct Config {
     #[arg(long = "query-addr", env = "MESH_QUERY_ADDR", default_value = "0.0.0.0:9411")]
     pub query_addr: SocketAddr,
     /// Most spans the trace store keeps (oldest evicted first).
-    #[arg(long = "trace-store-spans", env = "MESH_TRACE_STORE_SPANS", default_value_t = 200_000)]
+    #[arg(long = "trace-store-spans", env = "MESH_TRACE_STORE_SPANS", default_value_t = 100_000)]
     pub trace_store_spans: usize,
     /// Most bytes the trace store keeps, e.g. `64MiB` (oldest evicted first).
-    #[arg(long = "trace-store-bytes", env = "MESH_TRACE_STORE_BYTES", default_value = "128MiB", value_parser = bytes)]
+    #[arg(long = "trace-store-bytes", env = "MESH_TRACE_STORE_BYTES", default_value = "64MiB", value_parser = bytes)]
     pub trace_store_bytes: usize,
     /// Most metric series held; points for further series are dropped and counted.
     #[arg(long = "series-limit", env = "MESH_SERIES_LIMIT", default_value_t = 100_000)]

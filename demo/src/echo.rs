@@ -38,6 +38,10 @@ pub(crate) struct Args {
     /// `:authority` for the next hop; through the mesh this names the service.
     #[arg(long = "next-authority", env = "DEMO_NEXT_AUTHORITY", requires = "next_addr")]
     next_authority: Option<String>,
+    /// Copy every request header into the reply's `metadata` field (what tests look at). The
+    /// benchmark turns it off so that replies do not grow with each header a hop adds.
+    #[arg(long = "echo-metadata", env = "DEMO_ECHO_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    echo_metadata: bool,
     #[command(flatten)]
     register: RegisterArgs,
 }
@@ -52,6 +56,7 @@ struct EchoService {
     instance: String,
     counters: Arc<Counters>,
     next: Option<EchoClient<tonic::transport::Channel>>,
+    echo_metadata: bool,
 }
 
 /// Counts a call as cancelled if it is dropped before it completes.
@@ -96,6 +101,7 @@ impl EchoService {
         };
         let metadata = metadata
             .iter()
+            .filter(|_| self.echo_metadata)
             .filter_map(|kv| match kv {
                 tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().ok()?.to_string())),
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
@@ -201,7 +207,12 @@ impl Echo for EchoService {
         let metadata = request.metadata().clone();
         let mut stream = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let service = EchoService { instance: self.instance.clone(), counters: self.counters.clone(), next: None };
+        let service = EchoService {
+            instance: self.instance.clone(),
+            counters: self.counters.clone(),
+            next: None,
+            echo_metadata: self.echo_metadata,
+        };
         let md = metadata.clone();
         tokio::spawn(async move {
             let mut seq = 0;
@@ -247,7 +258,12 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
             Some(EchoClient::new(endpoint.connect_lazy()))
         }
     };
-    let service = EchoService { instance: instance_id.to_string(), counters: Arc::default(), next };
+    let service = EchoService {
+        instance: instance_id.to_string(),
+        counters: Arc::default(),
+        next,
+        echo_metadata: args.echo_metadata,
+    };
     let service = EchoServer::new(service)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);

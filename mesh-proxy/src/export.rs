@@ -27,8 +27,10 @@ use crate::trace::{FinishedSpan, SpanKind};
 
 /// Most spans in one export request.
 pub(crate) const MAX_BATCH: usize = 512;
-/// How long a partial batch waits for more spans.
-const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// How long a batch gathers after its first span. The exporter sleeps meanwhile instead of waking
+/// for every span (wakeups are what a busy proxy can least afford); at the default queue of 2048
+/// this keeps up with 20 000 spans/s.
+const BATCH_GATHER: Duration = Duration::from_millis(100);
 /// Bound on one export call.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,12 +79,11 @@ pub(crate) async fn run(
                 if n == 0 {
                     return;
                 }
-                let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-                while batch.len() < MAX_BATCH {
-                    let room = MAX_BATCH - batch.len();
-                    let more = tokio::time::timeout_at(deadline, spans.recv_many(&mut batch, room));
-                    if !matches!(more.await, Ok(n) if n > 0) {
-                        break;
+                if batch.len() < MAX_BATCH {
+                    tokio::time::sleep(BATCH_GATHER).await;
+                    while batch.len() < MAX_BATCH {
+                        let Ok(span) = spans.try_recv() else { break };
+                        batch.push(span);
                     }
                 }
                 export_spans(&mut traces, &resource, batch.drain(..), &metrics).await;

@@ -307,8 +307,8 @@ impl Drop for Recorder {
         if response_bytes > 0 {
             m.response_bytes.with_label_values(&[direction, src, dst]).inc_by(response_bytes);
         }
-        let trace_id = self.trace_id();
         if m.access_log.load(Ordering::Relaxed) {
+            let trace_id = self.trace_id();
             tracing::info!(
                 target: "access",
                 direction,

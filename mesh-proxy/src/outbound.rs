@@ -92,7 +92,7 @@ impl Outbound {
             };
             let endpoint = picked.endpoint().clone();
             if let Some(span) = recorder.span_mut() {
-                span.set_endpoint(endpoint.record.instance_id.as_str(), &endpoint.client.addr().to_string());
+                span.set_endpoint(&endpoint);
             }
             let sent = Instant::now();
             // The caller's deadline bounds the wait for response headers; dropping the send

@@ -16,6 +16,8 @@ use http::{HeaderMap, HeaderValue};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
+use crate::balance::Endpoint;
+
 /// The W3C trace context header.
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -57,7 +59,9 @@ impl TraceContext {
         Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
     }
 
-    /// The `traceparent` value for this position.
+    /// The `traceparent` value for this position. Marked sensitive so HPACK never indexes it: a
+    /// value unique to each request would only churn the connection's dynamic table and push out
+    /// the headers that do repeat.
     pub(crate) fn header_value(&self) -> HeaderValue {
         let mut out = Vec::with_capacity(55);
         out.extend_from_slice(b"00-");
@@ -65,7 +69,10 @@ impl TraceContext {
         out.push(b'-');
         push_hex(&mut out, &self.span_id);
         out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut value =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        value
     }
 
     /// The trace id as 32 lowercase hex digits (what logs and the trace API show).
@@ -201,12 +208,16 @@ impl Tracer {
         }
     }
 
-    fn export(&self, span: FinishedSpan) {
-        let wanted = span.context.sampled || span.status != "OK" || span.duration >= self.settings.slow;
+    /// Whether a finished span goes to the collector: sampled, failed, or slow.
+    fn wanted(&self, sampled: bool, status: &str, duration: Duration) -> bool {
+        let wanted = sampled || status != "OK" || duration >= self.settings.slow;
         if !wanted {
             self.unsampled.inc();
-            return;
         }
+        wanted
+    }
+
+    fn export(&self, span: FinishedSpan) {
         if self.queue.try_send(span).is_err() {
             self.queue_full.inc();
         }
@@ -222,7 +233,7 @@ pub(crate) struct ActiveSpan {
     kind: SpanKind,
     start: SystemTime,
     peer_addr: Option<SocketAddr>,
-    endpoint: Option<(String, String)>,
+    endpoint: Option<Arc<Endpoint>>,
     retries: u32,
 }
 
@@ -232,15 +243,16 @@ impl ActiveSpan {
         self.peer_addr = Some(addr);
     }
 
-    /// The endpoint this attempt went to (outbound): instance id and address.
-    pub(crate) fn set_endpoint(&mut self, instance: &str, addr: &str) {
+    /// The endpoint this attempt went to (outbound).
+    pub(crate) fn set_endpoint(&mut self, endpoint: &Arc<Endpoint>) {
         if self.endpoint.is_some() {
             self.retries += 1;
         }
-        self.endpoint = Some((instance.to_string(), addr.to_string()));
+        self.endpoint = Some(endpoint.clone());
     }
 
-    /// Ends the span and hands it to the exporter if it is wanted.
+    /// Ends the span and hands it to the exporter if it is wanted. Nothing is allocated for a
+    /// span that is not.
     pub(crate) fn finish(
         self,
         method: &str,
@@ -249,7 +261,11 @@ impl ActiveSpan {
         error: Option<&'static str>,
         duration: Duration,
     ) {
-        let (endpoint, endpoint_addr) = self.endpoint.unzip();
+        if !self.tracer.wanted(self.context.sampled, status, duration) {
+            return;
+        }
+        let (endpoint, endpoint_addr) =
+            self.endpoint.map(|e| (e.record.instance_id.to_string(), e.client.addr().to_string())).unzip();
         let span = FinishedSpan {
             context: self.context,
             parent: self.parent,
