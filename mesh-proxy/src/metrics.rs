@@ -121,7 +121,7 @@ impl ProxyMetrics {
                 &["direction", "reason"],
             )?,
             limit_hits: counter("mesh_limit_hits_total", "Times a configured limit refused work.", &["limit"])?,
-            endpoints: gauge("mesh_endpoints", "Endpoints known per destination service.", &["service"])?,
+            endpoints: gauge("mesh_endpoints", "Endpoints known per destination service.", &["dst_service"])?,
             retries: counter(
                 "mesh_retries_total",
                 "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
@@ -129,8 +129,8 @@ impl ProxyMetrics {
             )?,
             balancer_picks: counter(
                 "mesh_balancer_picks_total",
-                "Endpoints chosen by the balancer, by destination service and instance (series go with the instance).",
-                &["dst_service", "instance"],
+                "Endpoints chosen by the balancer, by destination service and endpoint instance id (series go with the endpoint).",
+                &["dst_service", "endpoint"],
             )?,
             tls_handshakes: counter(
                 "mesh_tls_handshakes_total",

@@ -69,8 +69,12 @@ async fn prometheus_sees_the_exact_traffic_its_success_rate_and_latency() {
     // The proxies' own health and the collector's arrive too.
     assert!(prometheus.value(r#"sum(process_resident_memory_bytes{service="echo"})"#).await.unwrap() > 0.0);
     assert!(prometheus.value(r#"sum(mesh_runtime_workers{service="echo"})"#).await.is_some());
+    assert_eq!(prometheus.value(r#"mesh_endpoints{service="client",dst_service="echo"}"#).await, Some(1.0));
     assert!(
-        prometheus.value(r#"sum(mesh_balancer_picks_total{service="client",dst_service="echo"})"#).await.unwrap()
+        prometheus
+            .value(r#"sum(mesh_balancer_picks_total{service="client",dst_service="echo",endpoint="echo-1"})"#)
+            .await
+            .unwrap()
             >= 200.0
     );
     assert!(prometheus.value(r#"mesh_collector_received_total{signal="metric_points"}"#).await.unwrap() > 0.0);
