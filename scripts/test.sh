@@ -34,6 +34,11 @@ if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grp
   python3 -m pip install --quiet opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc
 fi
+# Grafana's dashboard schema is checked with Python's jsonschema.
+if ! python3 -c 'import jsonschema' 2>/dev/null; then
+  echo "==> installing jsonschema"
+  python3 -m pip install --quiet jsonschema 2>/dev/null || python3 -m pip install --quiet --break-system-packages jsonschema
+fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 

@@ -132,12 +132,18 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` (`host:port`, path `/metrics`) and waits until it has
     /// scraped it twice (so `rate()` has two samples).
     pub async fn start(target: &str) -> Self {
+        Self::start_with_rules(target, None).await
+    }
+
+    /// The same, also evaluating the alerting rules in `rules`.
+    pub async fn start_with_rules(target: &str, rules: Option<&std::path::Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        let rule_files = rules.map(|r| format!("rule_files: ['{}']\n", r.display())).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: mesh-collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: mesh-collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .unwrap();
@@ -175,6 +181,12 @@ impl Prometheus {
                 .filter_map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
                 .collect(),
         )
+    }
+
+    /// A GET on Prometheus' HTTP API, as JSON.
+    pub async fn api(&self, path: &str) -> Value {
+        let (_, body) = admin_get(&self.addr, path).await.unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or(Value::Null)
     }
 
     /// The one value of a query that should return one series.
@@ -277,4 +289,22 @@ impl ExportingMesh {
     pub fn prometheus(&self) -> &Prometheus {
         self.prometheus.as_ref().unwrap()
     }
+}
+
+/// One meshed echo instance (`<service>-1`) whose unary calls first go on to service `next`
+/// through its own sidecar, trace context included: links of a chain of services.
+pub fn chained_echo(
+    etcd: &str,
+    service: &str,
+    next: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Proc, crate::mesh::Sidecar) {
+    let app_addr = format!("127.0.0.1:{}", free_port());
+    let sidecar = crate::mesh::Sidecar::start(etcd, service, &format!("{service}-1"), &app_addr, env);
+    let outbound = format!("http://{}", sidecar.outbound);
+    let mut args = vec!["echo", "--listen", &app_addr, "--instance-id", service];
+    if let Some(next) = next {
+        args.extend_from_slice(&["--next-addr", &outbound, "--next-authority", next]);
+    }
+    (Proc::start("mesh-demo", &args, &[]), sidecar)
 }

@@ -9,24 +9,12 @@ use std::time::Duration;
 
 use mesh_proto::demo::v1::EchoRequest;
 use mesh_tests::etcd::Etcd;
+use mesh_tests::eventually;
 use mesh_tests::mesh::{Sidecar, client_sidecar_with};
 use mesh_tests::process::Proc;
-use mesh_tests::telemetry::{Collector, exporting};
-use mesh_tests::{eventually, free_port};
+use mesh_tests::telemetry::{Collector, chained_echo, exporting};
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
-
-/// One meshed echo instance whose unary calls first go on to `next` through its own sidecar.
-fn chained(etcd: &str, service: &str, next: Option<&str>, env: &[(&str, &str)]) -> (Proc, Sidecar) {
-    let app_addr = format!("127.0.0.1:{}", free_port());
-    let sidecar = Sidecar::start(etcd, service, &format!("{service}-1"), &app_addr, env);
-    let outbound = format!("http://{}", sidecar.outbound);
-    let mut args = vec!["echo", "--listen", &app_addr, "--instance-id", service];
-    if let Some(next) = next {
-        args.extend_from_slice(&["--next-addr", &outbound, "--next-authority", next]);
-    }
-    (Proc::start("mesh-demo", &args, &[]), sidecar)
-}
 
 fn traceparent(trace_id: &str, span_id: &str, sampled: bool) -> MetadataValue<tonic::metadata::Ascii> {
     format!("00-{trace_id}-{span_id}-{}", if sampled { "01" } else { "00" }).parse().unwrap()
@@ -43,7 +31,7 @@ async fn a_request_across_three_services_is_one_linked_trace() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mesh: Vec<(Proc, Sidecar)> = [("a", Some("b")), ("b", Some("c")), ("c", None)]
         .into_iter()
-        .map(|(service, next)| chained(&etcd.endpoint(), service, next, &env))
+        .map(|(service, next)| chained_echo(&etcd.endpoint(), service, next, &env))
         .collect();
     for (_, sidecar) in &mesh {
         sidecar.ready().await;
