@@ -5,7 +5,9 @@
 #      OpenTelemetry SDK with its OTLP exporter (the independent telemetry client);
 #   2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 #   3. builds every binary, then runs every test. End-to-end tests start their own etcd on
-#      free loopback ports (one per test, in a temp dir) and the mesh's real binaries.
+#      free loopback ports (one per test, in a temp dir) and the mesh's real binaries;
+#   4. verifies `docker compose up` on the local Docker engine (scripts/compose_check.sh;
+#      MESH_SKIP_COMPOSE=1 skips it, for machines without Docker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +52,9 @@ echo "==> cargo build (binaries the end-to-end tests run)"
 cargo build --workspace --bins --locked
 echo "==> cargo test"
 cargo test --workspace --locked
+if [ -n "${MESH_SKIP_COMPOSE:-}" ]; then
+  echo "==> compose check SKIPPED (MESH_SKIP_COMPOSE is set)"
+else
+  echo "==> compose check (docker compose up, checked, torn down)"
+  scripts/compose_check.sh
+fi

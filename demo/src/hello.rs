@@ -1,5 +1,5 @@
-//! `mesh-demo hello`: calls a frontend once and prints who answered. A quick way to watch the
-//! mesh balance calls across backend instances.
+//! `mesh-demo hello`: calls a frontend and prints who answered. A quick way to watch the mesh
+//! balance calls across backend instances; with `--every`, the demo's traffic generator.
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub(crate) struct Args {
     /// Who to greet.
     #[arg(long, default_value = "mesh")]
     name: String,
+    /// Call again at this interval until stopped (failures are printed, not fatal).
+    #[arg(long, env = "DEMO_EVERY", value_parser = mesh_registry::cli::duration)]
+    every: Option<Duration>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<(), String> {
@@ -26,9 +29,28 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     if let Some(authority) = &args.authority {
         endpoint = endpoint.origin(format!("http://{authority}").parse().map_err(|e| format!("--authority: {e}"))?);
     }
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", args.target))?;
-    let reply = FrontendClient::new(channel)
-        .hello(HelloRequest { name: args.name })
+    let Some(every) = args.every else {
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", args.target))?;
+        return hello(&mut FrontendClient::new(channel), &args.name).await;
+    };
+    let mut client = FrontendClient::new(endpoint.connect_lazy());
+    let mut tick = tokio::time::interval(every);
+    let mut stop = std::pin::pin!(mesh_registry::cli::shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(error) = hello(&mut client, &args.name).await {
+                    eprintln!("{error}");
+                }
+            }
+            _ = &mut stop => return Ok(()),
+        }
+    }
+}
+
+async fn hello(client: &mut FrontendClient<tonic::transport::Channel>, name: &str) -> Result<(), String> {
+    let reply = client
+        .hello(HelloRequest { name: name.to_string() })
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();

@@ -12,6 +12,7 @@ mod endpoints;
 mod identity;
 mod output;
 mod policy;
+mod probe;
 mod services;
 mod token;
 
@@ -64,6 +65,15 @@ enum Command {
     /// Validate, apply and inspect authorization policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Probe an endpoint (for container healthchecks): `http://host:port/path` must answer 2xx,
+    /// `tcp://host:port` must accept a connection. Needs no etcd.
+    Probe {
+        /// `http://host:port/path` or `tcp://host:port`.
+        target: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = mesh_registry::cli::duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// A failure that ends the command with exit code 1.
@@ -83,6 +93,8 @@ enum Error {
     Policy(#[from] policy::PolicyCmdError),
     #[error("{0}")]
     Identity(#[from] identity::IdentityCmdError),
+    #[error("{0}")]
+    Probe(#[from] probe::ProbeError),
 }
 
 async fn show_identity(admin: &str, warn_within: std::time::Duration, format: Format) -> Result<(), Error> {
@@ -129,6 +141,10 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    // A probe needs no etcd.
+    if let Command::Probe { target, timeout } = &cli.command {
+        return Ok(probe::run(target, *timeout).await?);
+    }
     let config = cli.etcd.config();
     let mut client = config.connect().await?;
     let layout = &cli.etcd.prefix;
@@ -144,6 +160,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Identity { admin, warn_within } => show_identity(&admin, warn_within, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
         Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
+        Command::Probe { .. } => unreachable!("handled before connecting"),
     }
 }
 

@@ -79,3 +79,25 @@ fn a_bad_setting_fails_with_one_line_naming_it() {
     assert_eq!(code, 64);
     assert!(err.contains("invalid service name"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_checks_http_and_tcp_health_for_container_healthchecks() {
+    let collector = mesh_tests::telemetry::Collector::start(&[]).await;
+    let probe = |target: String| async move {
+        tokio::task::spawn_blocking(move || run("meshctl", &["probe", &target, "--timeout", "2s"])).await.unwrap()
+    };
+    let (code, _, err) = probe(format!("http://{}/health", collector.query)).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = probe(format!("http://{}/nowhere", collector.query)).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("HTTP 404"), "{err}");
+    let (code, _, err) = probe(format!("tcp://{}", collector.otlp)).await;
+    assert_eq!(code, 0, "{err}");
+    let closed = format!("tcp://127.0.0.1:{}", mesh_tests::free_port());
+    let (code, _, err) = probe(closed).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("connect"), "{err}");
+    let (code, _, err) = probe("ftp://x".to_string()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("http://host:port/path or tcp://host:port"), "{err}");
+}

@@ -1,0 +1,19 @@
+#!/bin/sh
+# One-shot bootstrap for compose.yaml (idempotent): the control plane's root CA (into the `ca`
+# volume, which only the CA mounts), and what each proxy needs to join (into the `join` volume:
+# the trust bundle and one join token per service).
+set -eu
+CA=/var/lib/mesh/ca
+JOIN=/var/lib/mesh/join
+if [ ! -f "$CA/root.pem" ]; then
+  mesh-registry init --ca-dir "$CA"
+  echo "bootstrap: created the root CA"
+fi
+cp "$CA/bundle.pem" "$JOIN/bundle.pem.tmp" && mv "$JOIN/bundle.pem.tmp" "$JOIN/bundle.pem"
+for service in $MESH_SERVICES; do
+  if [ ! -s "$JOIN/$service.token" ]; then
+    meshctl token create "$service" --ttl 8760h >"$JOIN/$service.token.tmp"
+    mv "$JOIN/$service.token.tmp" "$JOIN/$service.token"
+    echo "bootstrap: join token for $service"
+  fi
+done
