@@ -1,4 +1,6 @@
-//! The admin server: `/live` (the process runs), `/ready` (registered and serving), `/metrics`
+//! The admin server: `/live` (the process runs), `/serving` (the listeners serve: with mTLS, the
+//! certificate is in hand; what an app that calls out through this proxy waits for), `/ready`
+//! (registered and serving: what peers and orchestrators wait for), `/metrics`
 //! (Prometheus text), `/identity` (this proxy's identity and certificate expiry, JSON). HTTP/1.1,
 //! loopback by default.
 
@@ -17,6 +19,8 @@ use tokio::net::TcpListener;
 #[derive(Debug)]
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
+    /// The listeners serve.
+    pub(crate) serving: AtomicBool,
     pub(crate) registry: prometheus::Registry,
     /// Set once the proxy has an identity (mTLS on).
     pub(crate) identity: std::sync::OnceLock<Arc<crate::identity::IdentityState>>,
@@ -64,6 +68,10 @@ fn respond(path: &str, state: &AdminState) -> Response<Body> {
             (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
         }
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"not ready\n"), "text/plain"),
+        "/serving" if state.serving.load(Ordering::Acquire) => {
+            (StatusCode::OK, Bytes::from_static(b"serving\n"), "text/plain")
+        }
+        "/serving" => (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"not serving yet\n"), "text/plain"),
         "/identity" => (StatusCode::OK, Bytes::from(identity_json(state)), "application/json"),
         "/metrics" => {
             let mut buf = Vec::new();
@@ -75,7 +83,7 @@ fn respond(path: &str, state: &AdminState) -> Response<Body> {
         }
         _ => (
             StatusCode::NOT_FOUND,
-            Bytes::from_static(b"not found: try /live, /ready, /metrics, /identity\n"),
+            Bytes::from_static(b"not found: try /live, /serving, /ready, /metrics, /identity\n"),
             "text/plain",
         ),
     };

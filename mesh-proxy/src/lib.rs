@@ -111,7 +111,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     )?;
     proxy_metrics.access_log.store(config.telemetry.access_log, Ordering::Relaxed);
     let (tracer, flush) = start_export(&config, &registry, &proxy_metrics)?;
-    let admin_state = Arc::new(admin::AdminState { ready: false.into(), registry, identity: Default::default() });
+    let admin_state = Arc::new(admin::AdminState {
+        ready: false.into(),
+        serving: false.into(),
+        registry,
+        identity: Default::default(),
+    });
 
     // Listeners first: a bad address fails the start, before anything is registered.
     let admin_listener = bind(config.admin_addr, "admin").await?;
@@ -215,6 +220,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let outbound_server =
         tokio::spawn(listen::serve(outbound_listener, move |req| outbound.clone().handle(req), stop_rx.clone()));
     let inbound_server = tokio::spawn(listen::serve(inbound_listener, move |req| inbound.clone().handle(req), stop_rx));
+    admin_state.serving.store(true, Ordering::Release);
     tracing::info!(
         service = %config.service,
         instance = %config.instance_id,
@@ -239,6 +245,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     tracing::info!("shutting down: deregistering");
     admin_state.ready.store(false, Ordering::Release);
+    admin_state.serving.store(false, Ordering::Release);
     if let Some(registration) = registration {
         registration.deregister().await;
         // Peers keep routing here until the removal reaches their watch.

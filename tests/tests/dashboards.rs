@@ -87,6 +87,22 @@ fn dashboards_and_rules_are_valid_and_consistent() {
         }
     }
 
+    // What compose mounts is what provisioning and Grafana's home dashboard point at.
+    let compose = std::fs::read_to_string(repo().join("compose.yaml")).unwrap();
+    let provider = std::fs::read_to_string(repo().join("grafana/provisioning/dashboards/mesh.yaml")).unwrap();
+    let dashboards_path = provider.lines().find_map(|l| l.trim().strip_prefix("path: ")).unwrap();
+    for mount in [
+        "./grafana/provisioning:/etc/grafana/provisioning:ro".to_string(),
+        format!("./grafana/dashboards:{dashboards_path}:ro"),
+        "./prometheus:/etc/prometheus:ro".to_string(),
+    ] {
+        assert!(compose.contains(&mount), "compose.yaml does not mount {mount}");
+    }
+    let home =
+        compose.lines().find_map(|l| l.trim().strip_prefix("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH: ")).unwrap();
+    let home_file = home.strip_prefix(&format!("{dashboards_path}/")).unwrap();
+    assert!(repo().join("grafana/dashboards").join(home_file).exists(), "home dashboard {home} is not mounted");
+
     let (ok, out) = run("promtool", &["check", "config", "prometheus/prometheus.yml"]);
     assert!(ok, "{out}");
     let (ok, out) = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);

@@ -25,6 +25,11 @@ async fn registers_only_once_the_app_answers() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(admin_get(&proxy.admin, "/ready").await.unwrap().0, 503, "not ready without an app");
+    assert_eq!(
+        admin_get(&proxy.admin, "/serving").await.unwrap().0,
+        200,
+        "serving (an app may call out) before it is ready"
+    );
     assert!(etcd.keys_with_leases(KEY).await.is_empty(), "not registered without an app");
 
     let _app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", "late-app"], &[]);

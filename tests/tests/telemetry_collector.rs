@@ -84,8 +84,10 @@ async fn a_span_flood_keeps_the_store_within_its_memory_bound() {
     assert_eq!(stored_spans + evicted, batches * per_batch);
     assert!(evicted > batches * per_batch / 2, "most of the flood was evicted");
     // Bounded, and flat once full: the second half of the flood adds (almost) nothing. The rest
-    // over the bound is request decoding and the allocator keeping freed memory.
-    assert!(after < before + 3 * (BOUND_MIB << 10), "collector RSS grew from {before} to {after} KiB");
+    // over the bound is request decoding and the allocator keeping freed memory (measured: 40 to
+    // 50 MiB, varying with how glibc spreads threads over arenas); unbounded, the flood would
+    // take some 380 MiB.
+    assert!(after < before + 5 * (BOUND_MIB << 10), "collector RSS grew from {before} to {after} KiB");
     assert!(after < halfway + 8 * 1024, "collector RSS still growing: {halfway} -> {after} KiB");
     // Oldest out, newest in.
     let (status, _) = collector.api(&format!("/api/v2/trace/{:032x}", 1)).await;
