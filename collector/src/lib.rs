@@ -30,8 +30,8 @@ mod zipkin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_registry::cli;
 use prometheus::{Encoder, TextEncoder};
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
@@ -40,25 +40,14 @@ use crate::pipeline::Pipeline;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] mesh_registry::cli::BindError),
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// The OTLP server failed.
     #[error("OTLP server: {0}")]
     Serve(#[from] tonic::transport::Error),
-}
-
-async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
 }
 
 /// Runs the collector until SIGTERM or Ctrl-C.
@@ -78,9 +67,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         forward,
     ));
 
-    let otlp = bind(config.otlp_addr, "otlp").await?;
-    let metrics = bind(config.metrics_addr, "metrics").await?;
-    let query = bind(config.query_addr, "query").await?;
+    let otlp = cli::bind(config.otlp_addr, "otlp").await?;
+    let metrics = cli::bind(config.metrics_addr, "metrics").await?;
+    let query = cli::bind(config.query_addr, "query").await?;
 
     let scrape = {
         let pipeline = pipeline.clone();
@@ -121,7 +110,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .add_service(metrics)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(otlp).with_nodelay(Some(true)),
-            mesh_registry::cli::shutdown_signal(),
+            cli::shutdown_signal(),
         )
         .await?;
     tracing::info!("stopped");

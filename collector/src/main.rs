@@ -7,13 +7,7 @@ fn main() {
         std::process::exit(mesh_registry::cli::EXIT_USAGE);
     }
     mesh_registry::cli::init_logging("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let runtime = mesh_registry::cli::runtime_or_exit(2, "mesh-collector");
     if let Err(error) = runtime.block_on(mesh_collector::run(config)) {
         tracing::error!(%error, "mesh-collector failed");
         eprintln!("error: {error}");

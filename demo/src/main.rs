@@ -48,13 +48,7 @@ enum Role {
 fn main() {
     let cli: Cli = parse_or_exit();
     mesh_registry::cli::init_logging("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let runtime = mesh_registry::cli::runtime_or_exit(2, "mesh-demo");
     let result = runtime.block_on(async {
         match cli.role {
             Role::Backend(args) => backend::run(args).await,

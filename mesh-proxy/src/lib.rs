@@ -51,8 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mesh_registry::{InstanceRecord, Registration};
-use tokio::net::TcpListener;
+use mesh_registry::{InstanceRecord, Registration, cli};
 use tokio::sync::watch;
 
 use crate::balance::{Balancer, BalancerSettings};
@@ -65,15 +64,8 @@ use crate::transport::{Acceptor, Connector};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] mesh_registry::cli::BindError),
     /// etcd settings could not be used.
     #[error(transparent)]
     Etcd(#[from] mesh_registry::etcd::ConnectError),
@@ -89,10 +81,6 @@ pub enum Error {
     /// The collector endpoint could not be used.
     #[error("collector endpoint: {0}")]
     Collector(String),
-}
-
-async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, what, source })
 }
 
 /// Runs the proxy until SIGTERM or Ctrl-C, then shuts down in order: deregister, wait for peers
@@ -119,13 +107,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     });
 
     // Listeners first: a bad address fails the start, before anything is registered.
-    let admin_listener = bind(config.admin_addr, "admin").await?;
-    let outbound_listener = bind(config.outbound_addr, "outbound").await?;
-    let inbound_listener = bind(config.inbound_addr, "inbound").await?;
+    let admin_listener = cli::bind(config.admin_addr, "admin").await?;
+    let outbound_listener = cli::bind(config.outbound_addr, "outbound").await?;
+    let inbound_listener = cli::bind(config.inbound_addr, "inbound").await?;
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
     let etcd = config.etcd.connect().await?;
-    let mut shutdown = std::pin::pin!(mesh_registry::cli::shutdown_signal());
+    let mut shutdown = std::pin::pin!(cli::shutdown_signal());
 
     // With an identity configured, it comes first: nothing is served, registered or reported
     // ready without a certificate, and peers are never spoken to in plaintext.
@@ -174,10 +162,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         local: config.service.clone(),
         fail_fast: config.fail_fast_timeout,
     });
-    let app_addr: mesh_registry::Address = config.app_addr.to_string().parse().map_err(|e| Error::Bind {
-        addr: config.app_addr,
-        what: "app",
-        source: std::io::Error::other(e),
+    let app_addr: mesh_registry::Address = config.app_addr.to_string().parse().map_err(|e| {
+        mesh_registry::cli::BindError { addr: config.app_addr, what: "app", source: std::io::Error::other(e) }
     })?;
     let authorizer = identity
         .as_ref()

@@ -10,18 +10,7 @@ fn main() {
         }
     };
     mesh_registry::cli::init_logging("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .thread_name("mesh-proxy")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let runtime = mesh_registry::cli::runtime_or_exit(config.workers, "mesh-proxy");
     if let Err(error) = runtime.block_on(mesh_proxy::run(config)) {
         tracing::error!(%error, "mesh-proxy failed");
         eprintln!("error: {error}");

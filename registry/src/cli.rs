@@ -1,6 +1,6 @@
-//! Command-line conventions shared by every mesh binary that talks to etcd: the `--etcd-*` and
-//! registration flags (each also a `MESH_<NAME>` environment variable), and the rule that a bad
-//! setting fails at start with one line naming it and exit code 64.
+//! Command-line conventions shared by every mesh binary: the `--etcd-*` and registration flags
+//! (each also a `MESH_<NAME>` environment variable), the rule that a bad setting fails at start
+//! with one line naming it and exit code 64, logging, the runtime, listeners and shutdown.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,36 @@ pub fn init_logging(default_filter: &str) {
             std::process::exit(EXIT_USAGE)
         }
     }
+}
+
+/// A multi-threaded tokio runtime with `workers` threads named `name`; if it cannot start, says so
+/// and exits 1.
+pub fn runtime_or_exit(workers: usize, name: &str) -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name(name).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// Which listener.
+    pub what: &'static str,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the `what` listener on `addr`, naming both if it cannot.
+pub async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, what, source })
 }
 
 /// Resolves on SIGTERM or Ctrl-C: when a mesh binary should begin its orderly shutdown.
