@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use crate::forward::{Forwardable, Forwarder};
 use crate::graph::ServiceGraph;
 use crate::health::Health;
-use crate::series::{Ingested, SeriesStore};
+use crate::series::{Ingested, SeriesStore, points};
 use crate::traces::{StoreLimits, StoredSpan, TraceStore};
 
 /// The collector's state.
@@ -139,15 +138,4 @@ impl Pipeline {
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn points(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> u64 {
-    (match &metric.data {
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 1,
-    }) as u64
 }

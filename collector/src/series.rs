@@ -132,26 +132,19 @@ impl SeriesStore {
     }
 
     fn ingest_metric(&mut self, base: &Labels, metric: &otlp::Metric, now: Instant, out: &mut Ingested) {
-        let mut reject = |why: Rejected, n: usize| *out.rejected.entry(why).or_default() += n as u64;
+        let points = points(metric);
+        let mut reject = |why: Rejected| *out.rejected.entry(why).or_default() += points;
         let Some(data) = &metric.data else {
-            reject(Rejected::Invalid, 1);
-            return;
+            return reject(Rejected::Invalid);
         };
         let (kind, name) = match data {
             Data::Sum(s) if s.is_monotonic => (Kind::Counter, counter_name(&metric.name, &metric.unit)),
             Data::Sum(_) | Data::Gauge(_) => (Kind::Gauge, base_name(&metric.name, &metric.unit)),
             Data::Histogram(_) => (Kind::Histogram, base_name(&metric.name, &metric.unit)),
-            Data::ExponentialHistogram(h) => return reject(Rejected::Unsupported, h.data_points.len()),
-            Data::Summary(s) => return reject(Rejected::Unsupported, s.data_points.len()),
-        };
-        let points = match data {
-            Data::Sum(s) => s.data_points.len(),
-            Data::Gauge(g) => g.data_points.len(),
-            Data::Histogram(h) => h.data_points.len(),
-            _ => 0,
+            Data::ExponentialHistogram(_) | Data::Summary(_) => return reject(Rejected::Unsupported),
         };
         let Some(name) = name.filter(|n| !n.starts_with(self.reserved_prefix)) else {
-            return reject(Rejected::Invalid, points);
+            return reject(Rejected::Invalid);
         };
         let family = self.families.entry(name).or_insert_with(|| Family {
             kind,
@@ -159,7 +152,7 @@ impl SeriesStore {
             series: HashMap::new(),
         });
         if family.kind != kind {
-            return reject(Rejected::TypeConflict, points);
+            return reject(Rejected::TypeConflict);
         }
         let mut room = self.max_series.saturating_sub(self.count);
         let mut added = 0;
@@ -398,14 +391,28 @@ pub(crate) fn value_string(value: Option<&AnyValue>) -> String {
         // Dictionary-encoded strings (profiles) and absent values have no text here.
         _ => String::new(),
     };
-    if s.len() > 1024 {
-        let mut cut = 1024;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        return s[..cut].to_string();
+    if s.len() > 1024 { truncate(&s, 1024) } else { s }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
-    s
+    s[..cut].to_string()
+}
+
+/// The data points in a metric (an empty one counts as one, refused as invalid).
+pub(crate) fn points(metric: &otlp::Metric) -> u64 {
+    (match &metric.data {
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 1,
+    }) as u64
 }
 
 /// A resource attribute's value, if it is there.

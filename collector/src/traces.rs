@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{self as otlp, span::SpanKind, status::StatusCode};
 use serde::Serialize;
 
-use crate::series::{attribute, value_string};
+use crate::series::{attribute, truncate, value_string};
 
 /// Most tags kept per span.
 const MAX_TAGS: usize = 64;
@@ -102,17 +102,6 @@ impl StoredSpan {
             + self.tags.capacity() * PER_TAG
             + self.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut].to_string()
 }
 
 /// Store bounds.
@@ -300,9 +289,9 @@ struct Endpoint<'a> {
 impl<'a> From<&'a StoredSpan> for ZipkinSpan<'a> {
     fn from(s: &'a StoredSpan) -> Self {
         Self {
-            trace_id: hex(&s.trace_id),
-            id: hex(&s.span_id),
-            parent_id: s.parent_id.as_ref().map(|p| hex(p)),
+            trace_id: hex::encode(s.trace_id),
+            id: hex::encode(s.span_id),
+            parent_id: s.parent_id.map(hex::encode),
             name: &s.name,
             kind: s.kind,
             timestamp: s.timestamp,
@@ -314,20 +303,13 @@ impl<'a> From<&'a StoredSpan> for ZipkinSpan<'a> {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses a trace id in hex: 32 digits, or 16 (a 64-bit id, zero-extended).
 pub(crate) fn parse_trace_id(s: &str) -> Option<TraceId> {
-    if !(s.len() == 32 || s.len() == 16) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(s.len() == 32 || s.len() == 16) {
         return None;
     }
-    let padded = format!("{s:0>32}");
     let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(format!("{s:0>32}"), &mut id).ok()?;
     Some(id)
 }
 

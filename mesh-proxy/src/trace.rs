@@ -40,68 +40,45 @@ impl TraceContext {
         if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return None;
         }
-        let version = hex_byte(&value[0..2])?;
-        if version == 0xff {
+        let (mut version, mut trace_id, mut span_id, mut flags) = ([0u8; 1], [0u8; 16], [0u8; 8], [0u8; 1]);
+        lower_hex(&value[0..2], &mut version)?;
+        lower_hex(&value[3..35], &mut trace_id)?;
+        lower_hex(&value[36..52], &mut span_id)?;
+        lower_hex(&value[53..55], &mut flags)?;
+        if version == [0xff] || trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        let mut trace_id = [0u8; 16];
-        let mut span_id = [0u8; 8];
-        for (i, b) in trace_id.iter_mut().enumerate() {
-            *b = hex_byte(&value[3 + 2 * i..5 + 2 * i])?;
-        }
-        for (i, b) in span_id.iter_mut().enumerate() {
-            *b = hex_byte(&value[36 + 2 * i..38 + 2 * i])?;
-        }
-        let flags = hex_byte(&value[53..55])?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+        Some(Self { trace_id, span_id, sampled: flags[0] & 1 == 1 })
     }
 
     /// The `traceparent` value for this position. Marked sensitive so HPACK never indexes it: a
     /// value unique to each request would only churn the connection's dynamic table and push out
     /// the headers that do repeat.
     pub(crate) fn header_value(&self) -> HeaderValue {
-        let mut out = Vec::with_capacity(55);
-        out.extend_from_slice(b"00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push(b'-');
-        push_hex(&mut out, &self.span_id);
-        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        let mut value =
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // The slices are exactly twice the ids' lengths: encoding cannot fail.
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        let mut value = HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""));
         value.set_sensitive(true);
         value
     }
 
     /// The trace id as 32 lowercase hex digits (what logs and the trace API show).
     pub(crate) fn trace_id_hex(&self) -> String {
-        hex_string(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 }
 
-fn hex_byte(pair: &[u8]) -> Option<u8> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    Some(digit(pair[0])? << 4 | digit(pair[1])?)
-}
-
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+/// Decodes lowercase hex (the only case the spec allows) into `out`.
+fn lower_hex(src: &[u8], out: &mut [u8]) -> Option<()> {
+    if !src.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
     }
-}
-
-pub(crate) fn hex_string(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    String::from_utf8(out).unwrap_or_default()
+    hex::decode_to_slice(src, out).ok()
 }
 
 fn random_span_id() -> [u8; 8] {
