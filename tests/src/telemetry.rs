@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::ca::as_env;
 use crate::mesh::admin_get;
 use crate::process::Proc;
 use crate::{eventually, free_port};
@@ -239,13 +240,12 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Telemetry settings for a sidecar exporting everything to `collector`, metrics every second.
-pub fn exporting(collector: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("MESH_COLLECTOR_ENDPOINT", collector.to_string()),
-        ("MESH_METRICS_EXPORT_INTERVAL", "1s".to_string()),
-        ("MESH_TRACE_SAMPLING", "1".to_string()),
-    ]
+/// Telemetry settings for a sidecar exporting to `collector`, metrics every second, new traces
+/// sampled at `sampling` (pass them to a sidecar with [`crate::ca::as_env`]).
+pub fn exporting(collector: &str, sampling: &str) -> Vec<(String, String)> {
+    [("MESH_COLLECTOR_ENDPOINT", collector), ("MESH_METRICS_EXPORT_INTERVAL", "1s"), ("MESH_TRACE_SAMPLING", sampling)]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into()
 }
 
 /// etcd, a collector (and, if asked, Prometheus scraping it), and one meshed echo instance
@@ -261,7 +261,7 @@ pub struct ExportingMesh {
     pub prometheus: Option<Prometheus>,
     /// The called service.
     pub server: crate::mesh::EchoInstance,
-    env: Vec<(&'static str, String)>,
+    env: Vec<(String, String)>,
 }
 
 impl ExportingMesh {
@@ -270,19 +270,15 @@ impl ExportingMesh {
         let etcd = crate::etcd::Etcd::start().await;
         let collector = Collector::start(&[]).await;
         let prometheus = if with_prometheus { Some(Prometheus::start(&collector.metrics).await) } else { None };
-        let env = exporting(&collector.endpoint());
-        let server = crate::mesh::EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &Self::pairs(&env));
+        let env = exporting(&collector.endpoint(), "1");
+        let server = crate::mesh::EchoInstance::start_with(&etcd.endpoint(), "echo", "echo-1", &as_env(&env));
         server.sidecar.ready().await;
         Self { etcd, collector, prometheus, server, env }
     }
 
-    fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-        env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-    }
-
     /// A client sidecar (`client-1` of `client`) exporting to the same collector.
     pub async fn client(&self) -> (Proc, crate::mesh::Sidecar) {
-        crate::mesh::client_sidecar_with(&self.etcd.endpoint(), &Self::pairs(&self.env)).await
+        crate::mesh::client_sidecar_with(&self.etcd.endpoint(), &as_env(&self.env)).await
     }
 
     /// Prometheus (started with `with_prometheus`).

@@ -15,7 +15,7 @@ use mesh_tests::ca::{ControlPlane, as_env};
 use mesh_tests::etcd::Etcd;
 use mesh_tests::load::{Load, assert_no_failures};
 use mesh_tests::mesh::client_sidecar_with;
-use mesh_tests::telemetry::{Collector, Prometheus, chained_echo};
+use mesh_tests::telemetry::{Collector, Prometheus, chained_echo, exporting};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -121,10 +121,10 @@ async fn every_panel_query_and_alert_rule_works_on_a_real_mesh() {
     let collector = Collector::start(&[]).await;
     let prometheus =
         Prometheus::start_with_rules(&collector.metrics, Some(&repo().join("prometheus/alerts.yml"))).await;
-    let telemetry = [("MESH_COLLECTOR_ENDPOINT", collector.endpoint()), ("MESH_METRICS_EXPORT_INTERVAL", "1s".into())];
+    // Default head sampling, as compose runs it.
     let env_for = |service: &str| {
         let mut env = cp.sidecar_env(service);
-        env.extend(telemetry.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env.extend(exporting(&collector.endpoint(), "0.1"));
         env
     };
     // client -> a -> b -> c, all over mTLS, everything exported.

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use mesh_proto::demo::v1::EchoRequest;
+use mesh_tests::ca::as_env;
 use mesh_tests::etcd::Etcd;
 use mesh_tests::eventually;
 use mesh_tests::mesh::{Sidecar, client_sidecar_with};
@@ -24,11 +25,9 @@ fn traceparent(trace_id: &str, span_id: &str, sampled: bool) -> MetadataValue<to
 async fn a_request_across_three_services_is_one_linked_trace() {
     let etcd = Etcd::start().await;
     let collector = Collector::start(&[]).await;
-    let mut env = exporting(&collector.endpoint());
     // Only the caller's decision samples here: new traces are not sampled.
-    env.retain(|(k, _)| *k != "MESH_TRACE_SAMPLING");
-    env.push(("MESH_TRACE_SAMPLING", "0".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = exporting(&collector.endpoint(), "0");
+    let env = as_env(&env);
     let mesh: Vec<(Proc, Sidecar)> = [("a", Some("b")), ("b", Some("c")), ("c", None)]
         .into_iter()
         .map(|(service, next)| chained_echo(&etcd.endpoint(), service, next, &env))
