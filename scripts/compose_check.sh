@@ -69,7 +69,8 @@ for id in frontend/instances/frontend-1 backend/instances/backend-1 backend/inst
   grep -q "/mesh/v1/services/$id" <<<"$keys" || { echo "etcd has no $id:"; echo "$keys"; exit 1; }
 done
 echo "etcd: frontend, backend x3 and store registered"
-python3 scripts/compose_queries.py http://127.0.0.1:9090 http://127.0.0.1:9411 "$TIMEOUT" "$started"
+python3 scripts/compose_queries.py --prometheus http://127.0.0.1:9090 --traces http://127.0.0.1:9411 \
+  --timeout "$TIMEOUT" --started "$started"
 # The calls between proxies are mutual TLS, and the demo's calls reach the end of the chain.
 q() { curl -fsG http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)'; }
 tls=$(q 'sum(mesh_tls_handshakes_total{outcome="ok"})')

@@ -184,12 +184,6 @@ impl Prometheus {
         )
     }
 
-    /// A GET on Prometheus' HTTP API, as JSON.
-    pub async fn api(&self, path: &str) -> Value {
-        let (_, body) = admin_get(&self.addr, path).await.unwrap_or_default();
-        serde_json::from_str(&body).unwrap_or(Value::Null)
-    }
-
     /// The one value of a query that should return one series.
     pub async fn value(&self, expr: &str) -> Option<f64> {
         let v = self.query(expr).await?;
