@@ -4,9 +4,10 @@
 #
 #   docker build -t mesh .
 FROM rust:1.95-slim-bookworm AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
-    && rm -rf /var/lib/apt/lists/*
+# apt's output (debconf's notes included) only when it fails.
+RUN (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        protobuf-compiler libprotobuf-dev) >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; exit 1; }; \
+    rm -rf /var/lib/apt/lists/* /tmp/apt.log
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \

@@ -22,20 +22,13 @@ ROUNDS="${BENCH_ROUNDS:-3}"
 SECONDS_PER_RUN="${BENCH_SECONDS:-8}"
 RATE="${BENCH_RATE:-2000}"
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install-deps.sh --bench
 
 cargo build --release --locked -p mesh-proxy -p mesh-demo -p meshctl -p mesh-registry -p mesh-collector
 BIN="${CARGO_TARGET_DIR:-target}/release"
+# BENCH_PROXY_BIN=path runs that mesh-proxy binary instead (e.g. one built with another profile),
+# with everything else, the load generator included, unchanged.
+PROXY_BIN="${BENCH_PROXY_BIN:-$BIN/mesh-proxy}"
 OUT="${CARGO_TARGET_DIR:-target}/bench"
 WORK="$(mktemp -d)"; echo "work dir: $WORK" >&2
 mkdir -p "$OUT"
@@ -98,7 +91,7 @@ for mode in plain tls otel otel100; do
       fi
       [ "$mode" = otel ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP")
       [ "$mode" = otel100 ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP" --trace-sampling 1)
-      MESH_LOG=warn "$BIN/mesh-proxy" --service "$service" --instance-id "$role-$suffix" --app-addr "127.0.0.1:$APP" \
+      MESH_LOG=warn "$PROXY_BIN" --service "$service" --instance-id "$role-$suffix" --app-addr "127.0.0.1:$APP" \
         --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
         --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" "${identity[@]}" >"$WORK/$role-$suffix.log" 2>&1 &
       pids+=($!); PROXY_PID[$role-$suffix]=$!

@@ -6,10 +6,17 @@
 #                             + this machine's extra CA certificates (an egress proxy that
 #                             re-signs TLS needs them for crates.io)
 #   quay.io/coreos/etcd:v3.5.17, prom/prometheus:v2.53.3   that + Debian's etcd / prometheus
+# The tags are the official ones, the versions are not: the etcd stand-in runs Debian's etcd 3.4.23
+# and the Prometheus stand-in Debian's Prometheus 2.42. compose.yaml and the checks use only what
+# both versions of each have (etcd's v3 API and flags; Prometheus 2.x config, rules and API).
 # Images already present are kept. Where a registry is reachable none of this is needed.
 set -euo pipefail
 cd "$(dirname "$0")"
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+# `docker build` without buildx warns that its legacy builder is deprecated: harmless here.
+build() {
+  docker build -q "$@" 2> >(grep -v -E 'legacy builder is deprecated|Install the buildx component|docs.docker.com/go/buildx|^ *$' >&2) >/dev/null
+}
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 if ! have debian:bookworm-slim; then
@@ -30,16 +37,16 @@ if ! have rust:1.95-slim-bookworm; then
   mkdir -p "$ctx/ca"
   cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
   cp rust.Dockerfile "$ctx/Dockerfile"
-  docker build -q -t rust:1.95-slim-bookworm "$ctx" >/dev/null
+  build -t rust:1.95-slim-bookworm "$ctx"
   rm -rf "$ctx"
 fi
 
 if ! have quay.io/coreos/etcd:v3.5.17; then
   echo "==> quay.io/coreos/etcd:v3.5.17 (Debian's etcd)"
-  docker build -q -t quay.io/coreos/etcd:v3.5.17 -f etcd.Dockerfile . >/dev/null
+  build -t quay.io/coreos/etcd:v3.5.17 -f etcd.Dockerfile .
 fi
 
 if ! have prom/prometheus:v2.53.3; then
   echo "==> prom/prometheus:v2.53.3 (Debian's prometheus)"
-  docker build -q -t prom/prometheus:v2.53.3 -f prometheus.Dockerfile . >/dev/null
+  build -t prom/prometheus:v2.53.3 -f prometheus.Dockerfile .
 fi

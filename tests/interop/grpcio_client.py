@@ -20,12 +20,19 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pro
 
 
 def stubs():
-    out = tempfile.mkdtemp(prefix="mesh-grpcio-")
-    args = ["protoc", f"-I{ROOT}", f"--python_out={out}", f"--grpc_python_out={out}", "mesh/demo/v1/echo.proto"]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
-    sys.path.insert(0, out)
-    return importlib.import_module("mesh.demo.v1.echo_pb2"), importlib.import_module("mesh.demo.v1.echo_pb2_grpc")
+    # Generated into a temporary directory that is gone once both modules are imported.
+    with tempfile.TemporaryDirectory(prefix="mesh-grpcio-") as out:
+        args = ["protoc", f"-I{ROOT}", f"--python_out={out}", f"--grpc_python_out={out}", "mesh/demo/v1/echo.proto"]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        sys.path.insert(0, out)
+        try:
+            return (
+                importlib.import_module("mesh.demo.v1.echo_pb2"),
+                importlib.import_module("mesh.demo.v1.echo_pb2_grpc"),
+            )
+        finally:
+            sys.path.remove(out)
 
 
 def main():

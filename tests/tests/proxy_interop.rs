@@ -14,14 +14,19 @@ async fn python_grpcio_through_the_mesh() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/grpcio_client.py");
     let outbound = client.outbound.clone();
+    // Its own temporary directory, to see that the client leaves nothing behind.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_path = tmp.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3").args([script, &outbound, "echo"]).output().unwrap()
+        Command::new("python3").args([script, &outbound, "echo"]).env("TMPDIR", &tmp_path).output().unwrap()
     })
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "grpcio client failed (is grpcio installed? scripts/test.sh installs it):\n{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "the grpcio client left temporary files behind: {left:?}");
 
     assert_eq!(r["unary"]["payload"], "from-python");
     assert_eq!(r["unary"]["instance"], "echo-1");
