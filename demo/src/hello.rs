@@ -1,5 +1,7 @@
 //! `mesh-demo hello`: calls a frontend and prints who answered. A quick way to watch the mesh
-//! balance calls across backend instances; with `--every`, the demo's traffic generator.
+//! balance calls across backend instances; with `--every`, the demo's traffic generator; with
+//! `--count`, a check: that many calls, a summary of who answered, and a failure exit status if
+//! any call failed.
 
 use std::time::Duration;
 
@@ -22,12 +24,23 @@ pub(crate) struct Args {
     /// Call again at this interval until stopped (failures are printed, not fatal).
     #[arg(long, env = "DEMO_EVERY", value_parser = mesh_registry::cli::duration)]
     every: Option<Duration>,
+    /// Make this many calls (one connection, `--every` apart, back to back without it), print
+    /// how many failed and which backend instances answered, and exit non-zero if any failed.
+    #[arg(long, env = "DEMO_COUNT")]
+    count: Option<u32>,
+    /// Print only the summary of a `--count` run, not every reply.
+    #[arg(long, default_value_t = false)]
+    quiet: bool,
 }
 
 pub(crate) async fn run(args: Args) -> Result<(), String> {
     let mut endpoint = Endpoint::from(args.target.clone()).timeout(Duration::from_secs(5));
     if let Some(authority) = &args.authority {
         endpoint = endpoint.origin(format!("http://{authority}").parse().map_err(|e| format!("--authority: {e}"))?);
+    }
+    if let Some(count) = args.count {
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", args.target))?;
+        return check(&mut FrontendClient::new(channel), &args, count).await;
     }
     let Some(every) = args.every else {
         let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", args.target))?;
@@ -49,11 +62,46 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn hello(client: &mut FrontendClient<tonic::transport::Channel>, name: &str) -> Result<(), String> {
-    let reply = client
-        .hello(HelloRequest { name: name.to_string() })
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let reply = call(client, name).await?;
     println!("{} (frontend {}, backend {})", reply.message, reply.frontend_instance, reply.backend_instance);
     Ok(())
+}
+
+async fn call(
+    client: &mut FrontendClient<tonic::transport::Channel>,
+    name: &str,
+) -> Result<mesh_proto::demo::v1::HelloReply, String> {
+    let reply = client.hello(HelloRequest { name: name.to_string() }).await;
+    Ok(reply.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?.into_inner())
+}
+
+/// `--count`: `count` calls, then one summary line: `calls=N failed=F backends=backend-1:n,...`.
+async fn check(client: &mut FrontendClient<tonic::transport::Channel>, args: &Args, count: u32) -> Result<(), String> {
+    let mut backends = std::collections::BTreeMap::<String, u32>::new();
+    let mut failed = 0u32;
+    for i in 0..count {
+        if i > 0
+            && let Some(every) = args.every
+        {
+            tokio::time::sleep(every).await;
+        }
+        match call(client, &args.name).await {
+            Ok(reply) => {
+                if !args.quiet {
+                    println!(
+                        "{} (frontend {}, backend {})",
+                        reply.message, reply.frontend_instance, reply.backend_instance
+                    );
+                }
+                *backends.entry(reply.backend_instance).or_default() += 1;
+            }
+            Err(error) => {
+                eprintln!("call {i}: {error}");
+                failed += 1;
+            }
+        }
+    }
+    let answered: Vec<String> = backends.iter().map(|(b, n)| format!("{b}:{n}")).collect();
+    println!("calls={count} failed={failed} backends={}", answered.join(","));
+    if failed > 0 { Err(format!("{failed} of {count} calls failed")) } else { Ok(()) }
 }

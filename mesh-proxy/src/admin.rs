@@ -1,6 +1,7 @@
 //! The admin server: `/live` (the process runs), `/serving` (the listeners serve: with mTLS, the
 //! certificate is in hand; what an app that calls out through this proxy waits for), `/ready`
-//! (registered and serving: what peers and orchestrators wait for), `/metrics`
+//! (registered and serving: what peers and orchestrators wait for; in outbound-only mode, the same
+//! as `/serving`), `/metrics`
 //! (Prometheus text), `/identity` (this proxy's identity and certificate expiry, JSON). HTTP/1.1,
 //! loopback by default.
 

@@ -17,9 +17,10 @@ pub struct Args {
     /// This instance's id (default: host name and pid).
     #[arg(long = "instance-id", env = "MESH_INSTANCE_ID")]
     instance_id: Option<InstanceId>,
-    /// The local application, serving h2c.
-    #[arg(long = "app-addr", env = "MESH_APP_ADDR", default_value = "127.0.0.1:8080")]
-    app_addr: SocketAddr,
+    /// The local application, serving h2c; `none` for a workload that serves nothing (a batch
+    /// job, a CLI, a traffic generator): outbound only, no inbound listener, never registered.
+    #[arg(long = "app-addr", env = "MESH_APP_ADDR", default_value = "127.0.0.1:8080", value_parser = app_addr, value_name = "ADDR|none")]
+    app_addr: AppAddr,
     /// Where peers' proxies connect.
     #[arg(long = "inbound-addr", env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
     inbound_addr: SocketAddr,
@@ -178,16 +179,16 @@ pub struct Config {
     pub service: ServiceName,
     /// This instance's id.
     pub instance_id: InstanceId,
-    /// The local app.
-    pub app_addr: SocketAddr,
+    /// The local app; `None` in outbound-only mode (no inbound listener, no registration).
+    pub app_addr: Option<SocketAddr>,
     /// Inbound listener.
     pub inbound_addr: SocketAddr,
     /// Outbound listener.
     pub outbound_addr: SocketAddr,
     /// Admin listener.
     pub admin_addr: SocketAddr,
-    /// What peers dial.
-    pub advertise_addr: Address,
+    /// What peers dial (`None` in outbound-only mode: nothing is registered).
+    pub advertise_addr: Option<Address>,
     /// Registration labels.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Registration weight.
@@ -224,6 +225,17 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+/// `--app-addr`: the local app's address, or `none` for outbound-only mode.
+#[derive(Clone, Copy, Debug)]
+struct AppAddr(Option<SocketAddr>);
+
+fn app_addr(value: &str) -> Result<AppAddr, String> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(AppAddr(None));
+    }
+    value.parse().map(|a| AppAddr(Some(a))).map_err(|e| format!("{e}: expected ip:port or `none`"))
+}
+
 impl Args {
     /// Checks relations between settings and builds the typed config.
     pub fn into_config(self) -> Result<Config, String> {
@@ -258,14 +270,15 @@ impl Args {
             access_log: self.access_log,
         };
         let advertise_addr = match self.advertise_addr {
-            Some(a) => a,
+            _ if self.app_addr.0.is_none() => None,
+            Some(a) => Some(a),
             None if self.inbound_addr.ip().is_unspecified() => {
                 return Err(format!(
                     "--advertise-addr (MESH_ADVERTISE_ADDR) is required: the inbound address {} is a wildcard peers cannot dial",
                     self.inbound_addr
                 ));
             }
-            None => self.inbound_addr.to_string().parse().map_err(|e| format!("--inbound-addr: {e}"))?,
+            None => Some(self.inbound_addr.to_string().parse().map_err(|e| format!("--inbound-addr: {e}"))?),
         };
         let limits = |max_concurrent_streams| H2Limits {
             max_concurrent_streams,
@@ -282,7 +295,7 @@ impl Args {
                 InstanceId::for_this_process(&host)
             }),
             service: self.service,
-            app_addr: self.app_addr,
+            app_addr: self.app_addr.0,
             inbound_addr: self.inbound_addr,
             outbound_addr: self.outbound_addr,
             admin_addr: self.admin_addr,
@@ -362,20 +375,36 @@ mod tests {
         Args::command().debug_assert();
     }
 
+    /// The config from `--service orders` and `extra` flags, or the error a user would see.
+    fn parse(extra: &[&str]) -> Result<super::Config, String> {
+        let mut argv = vec!["mesh-proxy", "--service", "orders"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
+    }
+
     #[test]
     fn advertise_address_defaults_to_a_specific_inbound_address() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["mesh-proxy", "--service", "orders"];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
-        };
         let c = parse(&["--inbound-addr", "127.0.0.2:4143"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.advertise_addr.to_string(), "127.0.0.2:4143");
+        assert_eq!(c.advertise_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.2:4143"));
         let err = parse(&[]).err().unwrap_or_default();
         assert!(err.contains("MESH_ADVERTISE_ADDR"), "a wildcard inbound address is not dialable: {err}");
         let c = parse(&["--advertise-addr", "orders-1:4143"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.advertise_addr.to_string(), "orders-1:4143");
+        assert_eq!(c.advertise_addr.map(|a| a.to_string()).as_deref(), Some("orders-1:4143"));
         assert!(parse(&["--workers", "0"]).is_err());
         assert!(parse(&["--lease-ttl", "2s", "--lease-keepalive-interval", "3s"]).is_err());
+    }
+
+    #[test]
+    fn app_address_none_is_outbound_only() {
+        // No app: nothing to advertise, so a wildcard inbound address is no error.
+        let c = parse(&["--app-addr", "none"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.app_addr, c.advertise_addr), (None, None));
+        let c = parse(&["--app-addr", "NONE", "--advertise-addr", "orders-1:4143"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.app_addr, c.advertise_addr), (None, None));
+        let c = parse(&["--app-addr", "127.0.0.1:9000", "--inbound-addr", "127.0.0.1:4143"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.app_addr, Some("127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"))));
+        let err = parse(&["--app-addr", "nowhere"]).err().unwrap_or_default();
+        assert!(err.contains("--app-addr") && err.contains("none"), "{err}");
     }
 }

@@ -109,7 +109,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // Listeners first: a bad address fails the start, before anything is registered.
     let admin_listener = cli::bind(config.admin_addr, "admin").await?;
     let outbound_listener = cli::bind(config.outbound_addr, "outbound").await?;
-    let inbound_listener = cli::bind(config.inbound_addr, "inbound").await?;
+    // Outbound-only (no app): nothing to forward inbound calls to, so no inbound listener.
+    let inbound_listener = match config.app_addr {
+        Some(_) => Some(cli::bind(config.inbound_addr, "inbound").await?),
+        None => None,
+    };
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
     let etcd = config.etcd.connect().await?;
@@ -162,25 +166,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         local: config.service.clone(),
         fail_fast: config.fail_fast_timeout,
     });
-    let app_addr: mesh_registry::Address = config.app_addr.to_string().parse().map_err(|e| {
-        mesh_registry::cli::BindError { addr: config.app_addr, what: "app", source: std::io::Error::other(e) }
-    })?;
-    let authorizer = identity
-        .as_ref()
-        .map(|_| authz::Authorizer::new(etcd.clone(), &config.layout, config.service.clone(), proxy_metrics.clone()));
-    let inbound = Arc::new(inbound::Inbound {
-        authorizer,
-        app: H2Client::new(
-            app_addr,
-            config.service.clone(),
-            Connector::plaintext(config.connect_timeout),
-            client_settings,
-        ),
-        metrics: proxy_metrics.clone(),
-        tracer,
-        local: config.service.clone(),
-    });
-
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbound_listener = listen::Listener {
         listener: outbound_listener,
@@ -191,36 +176,77 @@ pub async fn run(config: Config) -> Result<(), Error> {
         drain: config.drain_timeout,
         tasks: outbound_tasks,
     };
-    let inbound_listener = listen::Listener {
-        listener: inbound_listener,
-        direction: Direction::Inbound,
-        limits: config.inbound_limits,
-        acceptor: match &identity {
-            Some(state) => Acceptor::mtls(config.inbound_limits.handshake_timeout, state, proxy_metrics.clone())?,
-            None => Acceptor::plaintext(config.inbound_limits.handshake_timeout),
-        },
-        metrics: proxy_metrics.clone(),
-        drain: config.drain_timeout,
-        tasks: inbound_tasks,
-    };
     let outbound_server =
         tokio::spawn(listen::serve(outbound_listener, move |req| outbound.clone().handle(req), stop_rx.clone()));
-    let inbound_server = tokio::spawn(listen::serve(inbound_listener, move |req| inbound.clone().handle(req), stop_rx));
+    let inbound_server = match (inbound_listener, config.app_addr) {
+        (Some(listener), Some(app_addr)) => {
+            let app: mesh_registry::Address = app_addr.to_string().parse().map_err(|e| {
+                mesh_registry::cli::BindError { addr: app_addr, what: "app", source: std::io::Error::other(e) }
+            })?;
+            let authorizer = identity.as_ref().map(|_| {
+                authz::Authorizer::new(etcd.clone(), &config.layout, config.service.clone(), proxy_metrics.clone())
+            });
+            let inbound = Arc::new(inbound::Inbound {
+                authorizer,
+                app: H2Client::new(
+                    app,
+                    config.service.clone(),
+                    Connector::plaintext(config.connect_timeout),
+                    client_settings,
+                ),
+                metrics: proxy_metrics.clone(),
+                tracer,
+                local: config.service.clone(),
+            });
+            let listener = listen::Listener {
+                listener,
+                direction: Direction::Inbound,
+                limits: config.inbound_limits,
+                acceptor: match &identity {
+                    Some(state) => {
+                        Acceptor::mtls(config.inbound_limits.handshake_timeout, state, proxy_metrics.clone())?
+                    }
+                    None => Acceptor::plaintext(config.inbound_limits.handshake_timeout),
+                },
+                metrics: proxy_metrics.clone(),
+                drain: config.drain_timeout,
+                tasks: inbound_tasks,
+            };
+            Some(tokio::spawn(listen::serve(listener, move |req| inbound.clone().handle(req), stop_rx)))
+        }
+        _ => None,
+    };
     admin_state.serving.store(true, Ordering::Release);
+    let app = config.app_addr.map_or_else(|| "none (outbound only)".to_string(), |a| a.to_string());
     tracing::info!(
         service = %config.service,
         instance = %config.instance_id,
         outbound = %config.outbound_addr,
-        inbound = %config.inbound_addr,
+        inbound = %config.app_addr.map_or_else(|| "off".to_string(), |_| config.inbound_addr.to_string()),
         admin = %config.admin_addr,
-        app = %config.app_addr,
+        %app,
         "listening"
     );
 
-    let identity_uri = identity.as_ref().map(|state| state.current().identity.uri());
-    let registration = tokio::select! {
-        registration = register_when_app_ready(&config, etcd, registry_metrics, identity_uri) => Some(registration),
-        _ = &mut shutdown => None,
+    let registration = match (config.app_addr, &config.advertise_addr) {
+        (Some(app_addr), Some(advertise)) => {
+            let mut record = InstanceRecord::new(config.service.clone(), config.instance_id.clone(), advertise.clone());
+            record.labels = config.labels.clone();
+            record.weight = config.weight;
+            record.identity = identity.as_ref().map(|state| state.current().identity.uri());
+            tokio::select! {
+                registration = register_when_app_ready(app_addr, record, &config, etcd, registry_metrics) => Some(registration),
+                _ = &mut shutdown => None,
+            }
+        }
+        // Outbound only: nothing registers and nothing gates readiness but the listeners and
+        // (with mTLS) the certificate, both already in hand here.
+        _ => {
+            admin_state.ready.store(true, Ordering::Release);
+            tracing::info!("ready (outbound only: not registered)");
+            shutdown.as_mut().await;
+            None
+        }
     };
     if let Some(registration) = &registration {
         registration.registered().await;
@@ -239,7 +265,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tracing::info!("shutting down: draining");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(outbound_server, inbound_server);
+    let _ = outbound_server.await;
+    if let Some(inbound_server) = inbound_server {
+        let _ = inbound_server.await;
+    }
     if let Some(flush) = flush {
         // The last spans and the final counts reach the collector, or give up after a second.
         export::flush(&flush, Duration::from_secs(1)).await;
@@ -282,28 +311,24 @@ fn start_export(
 
 /// Waits until the local app answers, then registers this instance.
 async fn register_when_app_ready(
+    app: std::net::SocketAddr,
+    record: InstanceRecord,
     config: &Config,
     etcd: etcd_client::Client,
     metrics: Arc<mesh_registry::Metrics>,
-    identity: Option<String>,
 ) -> Registration {
     let mut last_log = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
-        match ready::probe(config.app_addr, Duration::from_secs(1)).await {
+        match ready::probe(app, Duration::from_secs(1)).await {
             ready::AppState::Ready => break,
             ready::AppState::NotReady(why) => {
                 if last_log.elapsed() >= Duration::from_secs(5) {
-                    tracing::info!(app = %config.app_addr, %why, "waiting for the local app before registering");
+                    tracing::info!(%app, %why, "waiting for the local app before registering");
                     last_log = tokio::time::Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
-    let mut record =
-        InstanceRecord::new(config.service.clone(), config.instance_id.clone(), config.advertise_addr.clone());
-    record.labels = config.labels.clone();
-    record.weight = config.weight;
-    record.identity = identity;
     Registration::start(etcd, &config.layout, record, config.lease, metrics)
 }
