@@ -15,6 +15,7 @@
 # MESH_INSTALL_WITHOUT="pkg ..." leaves the named packages out of the install, as if this list had
 # forgotten them: scripts/install_check.sh uses it to show that its check catches a missing step.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 mode=install bench=0
 for arg in "$@"; do
@@ -101,6 +102,21 @@ done
 if [ "$mode" = install ] && ((${#dists[@]})); then
   echo "==> pip install ${dists[*]}"
   pip_install "${dists[@]}"
+fi
+
+# The toolchain rust-toolchain.toml pins. Where rustup already has that version under another name
+# (`stable`), it is linked under the pinned name rather than downloaded again.
+pin="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+if [ "$mode" = install ] && [ -n "$pin" ] && command -v rustup >/dev/null \
+  && ! rustup run "$pin" rustc --version >/dev/null 2>&1; then
+  stable="$(rustup run stable rustc --print sysroot 2>/dev/null || true)"
+  if [ -n "$stable" ] && "$stable/bin/rustc" --version | grep -q "^rustc $pin "; then
+    echo "==> rustup toolchain link $pin (the installed stable is $pin)"
+    rustup toolchain link "$pin" "$stable"
+  else
+    echo "==> rustup toolchain install $pin"
+    rustup toolchain install "$pin" --profile minimal --component rustfmt,clippy
+  fi
 fi
 
 # The Rust toolchain's lint and format components.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mesh_registry::cli::duration;
+use mesh_common::cli::duration;
 
 /// Command-line flags and environment.
 #[derive(clap::Parser, Debug, Clone)]

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::health::Health;
+use crate::health::{Dropped, Health, Signal};
 
 /// One received export, to send on.
 #[derive(Debug)]
@@ -21,10 +21,10 @@ pub(crate) enum Forwardable {
 }
 
 impl Forwardable {
-    fn signal(&self) -> (&'static str, u64) {
+    fn signal(&self) -> (Signal, u64) {
         match self {
-            Self::Traces(_, n) => ("spans", *n),
-            Self::Metrics(_, n) => ("metric_points", *n),
+            Self::Traces(_, n) => (Signal::Spans, *n),
+            Self::Metrics(_, n) => (Signal::MetricPoints, *n),
         }
     }
 }
@@ -52,7 +52,7 @@ impl Forwarder {
     pub(crate) fn forward(&self, item: Forwardable) {
         let (signal, n) = item.signal();
         if self.queue.try_send(item).is_err() {
-            self.health.dropped.with_label_values(&[signal, "forward_queue_full"]).inc_by(n);
+            self.health.dropped(signal, Dropped::ForwardQueueFull, n);
         }
     }
 }
@@ -67,10 +67,10 @@ async fn send_forever(mut rx: mpsc::Receiver<Forwardable>, channel: Channel, hea
             Forwardable::Metrics(req, _) => metrics.export(req).await.map(|_| ()),
         };
         match result {
-            Ok(()) => health.forwarded.with_label_values(&[signal]).inc_by(n),
+            Ok(()) => health.forwarded(signal, n),
             Err(status) => {
-                health.dropped.with_label_values(&[signal, "forward_failed"]).inc_by(n);
-                tracing::debug!(%status, signal, "forwarding failed; dropped");
+                health.dropped(signal, Dropped::ForwardFailed, n);
+                tracing::debug!(%status, signal = signal.as_str(), "forwarding failed; dropped");
             }
         }
     }

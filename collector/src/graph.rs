@@ -9,7 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use mesh_common::metrics::Declare;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec};
 
 use crate::traces::StoredSpan;
 
@@ -50,38 +51,29 @@ impl std::fmt::Debug for ServiceGraph {
 }
 
 impl ServiceGraph {
-    pub(crate) fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub(crate) fn declare(d: &mut Declare) -> prometheus::Result<Self> {
         let labels = ["client", "server"];
-        let requests = IntCounterVec::new(
-            Opts::new("mesh_service_graph_requests_total", "Calls between two services, from spans."),
+        let requests =
+            d.counter_vec("mesh_service_graph_requests_total", "Calls between two services, from spans.", &labels)?;
+        let failed = d.counter_vec(
+            "mesh_service_graph_request_failed_total",
+            "Failed calls between two services, from spans.",
             &labels,
         )?;
-        let failed = IntCounterVec::new(
-            Opts::new("mesh_service_graph_request_failed_total", "Failed calls between two services, from spans."),
+        let duration = d.histogram_vec(
+            "mesh_service_graph_request_duration_seconds",
+            "Latency of calls between two services, as the caller saw it.",
             &labels,
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "mesh_service_graph_request_duration_seconds",
-                "Latency of calls between two services, as the caller saw it.",
-            )
-            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &labels,
-        )?;
-        let dropped = IntCounter::new(
+        let dropped = d.counter(
             "mesh_collector_graph_dropped_total",
             "Calls not added to the service graph because the edge limit was reached.",
         )?;
-        let unpaired = IntCounter::new(
+        let unpaired = d.counter(
             "mesh_collector_graph_unpaired_total",
             "Spans that found no pair for the service graph in time (or overflowed the wait).",
         )?;
-        for m in [&requests, &failed] {
-            registry.register(Box::new(m.clone()))?;
-        }
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(dropped.clone()))?;
-        registry.register(Box::new(unpaired.clone()))?;
         Ok(Self {
             requests,
             failed,
@@ -188,8 +180,8 @@ mod tests {
 
     #[test]
     fn edges_come_from_named_peers_pairs_and_roots() {
-        let registry = Registry::new();
-        let mut g = ServiceGraph::new(&registry).unwrap();
+        let registry = prometheus::Registry::new();
+        let mut g = ServiceGraph::declare(&mut Declare::new(&registry)).unwrap();
         let now = Instant::now();
         // The mesh's shape: root SERVER, CLIENT naming its peer, SERVER child of it.
         g.observe(&span("frontend", "SERVER", 1, None, None), now);

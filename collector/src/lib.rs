@@ -20,7 +20,6 @@ pub mod config;
 mod forward;
 mod graph;
 mod health;
-mod http;
 mod pipeline;
 mod receiver;
 mod series;
@@ -30,7 +29,7 @@ mod zipkin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_registry::cli;
+use mesh_common::{cli, http1};
 use prometheus::{Encoder, TextEncoder};
 
 use crate::config::Config;
@@ -41,7 +40,7 @@ use crate::pipeline::Pipeline;
 pub enum Error {
     /// A listener could not be bound.
     #[error(transparent)]
-    Bind(#[from] mesh_registry::cli::BindError),
+    Bind(#[from] mesh_common::cli::BindError),
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -54,8 +53,7 @@ pub enum Error {
 pub async fn run(config: Config) -> Result<(), Error> {
     let registry = prometheus::Registry::new();
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    let health = health::Health::new(&registry)?;
-    let graph = graph::ServiceGraph::new(&registry)?;
+    let (health, graph, _) = declare(&registry)?;
     let forward =
         config.forward_endpoint.clone().map(|uri| forward::Forwarder::start(uri, config.forward_queue, health.clone()));
     let pipeline = Arc::new(Pipeline::new(
@@ -75,16 +73,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let pipeline = pipeline.clone();
         Arc::new(move |req: &::http::Request<hyper::body::Incoming>| match req.uri().path() {
             "/metrics" => exposition(&registry, &pipeline),
-            "/health" | "/ready" => http::respond(::http::StatusCode::OK, "text/plain", "ok\n"),
-            _ => http::error(::http::StatusCode::NOT_FOUND, "not found: try /metrics"),
+            "/health" | "/ready" => http1::respond(::http::StatusCode::OK, "text/plain", "ok\n"),
+            _ => http1::text(::http::StatusCode::NOT_FOUND, "not found: try /metrics"),
         })
     };
-    tokio::spawn(http::serve(metrics, scrape));
+    tokio::spawn(http1::serve(metrics, scrape, http1::Limits::default()));
     let api = {
         let pipeline = pipeline.clone();
         Arc::new(move |req: &::http::Request<hyper::body::Incoming>| zipkin::handle(&pipeline, req))
     };
-    tokio::spawn(http::serve(query, api));
+    tokio::spawn(http1::serve(query, api, http1::Limits::default()));
     let upkeep = pipeline.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -117,13 +115,38 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// The collector's own metric families, declared into `registry`.
+fn declare(
+    registry: &prometheus::Registry,
+) -> prometheus::Result<(health::Health, graph::ServiceGraph, Vec<mesh_common::metrics::Declared>)> {
+    let mut d = mesh_common::metrics::Declare::new(registry);
+    let health = health::Health::declare(&mut d)?;
+    let graph = graph::ServiceGraph::declare(&mut d)?;
+    Ok((health, graph, d.declared().to_vec()))
+}
+
 /// `/metrics`: the collector's own metrics, then every series received.
-fn exposition(registry: &prometheus::Registry, pipeline: &Pipeline) -> ::http::Response<http::Body> {
+fn exposition(registry: &prometheus::Registry, pipeline: &Pipeline) -> ::http::Response<http1::Body> {
     let mut families = registry.gather();
-    families.extend(pipeline.series.lock().unwrap_or_else(|e| e.into_inner()).families());
+    families.extend(pipeline.series.lock().families());
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&families, &mut buf) {
-        Ok(()) => http::respond(::http::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", buf),
-        Err(e) => http::error(::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(()) => http1::respond(::http::StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", buf),
+        Err(e) => http1::text(::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_readme_documents_every_collector_metric() -> prometheus::Result<()> {
+        let (_, _, declared) = super::declare(&prometheus::Registry::new())?;
+        let readme = include_str!("../../README.md");
+        let documented = mesh_common::metrics::documented(readme, "On the collector's `/metrics` only:")
+            .unwrap_or_else(|e| panic!("README: {e}"));
+        if let Err(differences) = mesh_common::metrics::compare(&declared, &documented) {
+            panic!("the README's collector metrics table and the code differ:\n{differences}");
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! graph, metric points to the series store, and both, if configured, on to the next hop. The
 //! stores sit behind short-held locks; nothing here waits on the network.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::forward::{Forwardable, Forwarder};
 use crate::graph::ServiceGraph;
-use crate::health::Health;
+use crate::health::{Dropped, Health, Signal};
 use crate::series::{Ingested, SeriesStore, points};
 use crate::traces::{StoreLimits, StoredSpan, TraceStore};
 
@@ -22,10 +22,6 @@ pub(crate) struct Pipeline {
     graph: Mutex<ServiceGraph>,
     pub(crate) health: Health,
     forward: Option<Forwarder>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pipeline {
@@ -63,32 +59,26 @@ impl Pipeline {
             }
         }
         let h = &self.health;
-        h.received.with_label_values(&["spans"]).inc_by(received);
-        if invalid > 0 {
-            h.dropped.with_label_values(&["spans", "invalid"]).inc_by(invalid);
-        }
+        h.received(Signal::Spans, received);
+        h.dropped(Signal::Spans, Dropped::Invalid, invalid);
         {
-            let mut graph = lock(&self.graph);
+            let mut graph = self.graph.lock();
             for span in &converted {
                 graph.observe(span, now);
             }
         }
-        let mut too_large = 0u64;
+        let (mut too_large, mut evicted) = (0u64, 0usize);
         {
-            let mut traces = lock(&self.traces);
+            let mut traces = self.traces.lock();
             for span in converted {
                 match traces.insert(span) {
-                    Some(evicted) => h.evicted.inc_by(evicted as u64),
+                    Some(n) => evicted += n,
                     None => too_large += 1,
                 }
             }
-            h.stored.with_label_values(&["spans"]).set(gauge(traces.spans()));
-            h.stored.with_label_values(&["traces"]).set(gauge(traces.traces()));
-            h.stored.with_label_values(&["bytes"]).set(gauge(traces.bytes()));
+            h.stored(traces.spans(), traces.traces(), traces.bytes(), evicted);
         }
-        if too_large > 0 {
-            h.dropped.with_label_values(&["spans", "too_large"]).inc_by(too_large);
-        }
+        h.dropped(Signal::Spans, Dropped::TooLarge, too_large);
         if let Some(forward) = &self.forward {
             forward.forward(Forwardable::Traces(request, received));
         }
@@ -101,7 +91,7 @@ impl Pipeline {
         let mut out = Ingested::default();
         let mut received = 0u64;
         {
-            let mut series = lock(&self.series);
+            let mut series = self.series.lock();
             for rm in &request.resource_metrics {
                 let resource = rm.resource.as_ref().map_or(&[][..], |r| r.attributes.as_slice());
                 for sm in &rm.scope_metrics {
@@ -109,13 +99,13 @@ impl Pipeline {
                     series.ingest(resource, &sm.metrics, now, &mut out);
                 }
             }
-            self.health.series.set(gauge(series.len()));
+            self.health.series(series.len(), 0);
         }
         let h = &self.health;
-        h.received.with_label_values(&["metric_points"]).inc_by(received);
+        h.received(Signal::MetricPoints, received);
         let mut rejected = 0;
         for (why, n) in &out.rejected {
-            h.dropped.with_label_values(&["metric_points", why.as_str()]).inc_by(*n);
+            h.dropped(Signal::MetricPoints, Dropped::from(*why), *n);
             rejected += n;
         }
         if let Some(forward) = &self.forward {
@@ -127,15 +117,10 @@ impl Pipeline {
     /// Periodic upkeep: expire quiet series and unpaired graph spans.
     pub(crate) fn expire(&self) {
         let now = Instant::now();
-        let mut series = lock(&self.series);
+        let mut series = self.series.lock();
         let gone = series.expire(now);
-        self.health.series_expired.inc_by(gone as u64);
-        self.health.series.set(gauge(series.len()));
+        self.health.series(series.len(), gone);
         drop(series);
-        lock(&self.graph).expire(now);
+        self.graph.lock().expire(now);
     }
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -36,13 +36,13 @@ pub(crate) enum Rejected {
     Invalid,
 }
 
-impl Rejected {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::SeriesLimit => "series_limit",
-            Self::TypeConflict => "type_conflict",
-            Self::Unsupported => "unsupported",
-            Self::Invalid => "invalid",
+impl From<Rejected> for crate::health::Dropped {
+    fn from(why: Rejected) -> Self {
+        match why {
+            Rejected::SeriesLimit => Self::SeriesLimit,
+            Rejected::TypeConflict => Self::TypeConflict,
+            Rejected::Unsupported => Self::Unsupported,
+            Rejected::Invalid => Self::Invalid,
         }
     }
 }

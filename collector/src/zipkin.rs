@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Request, Response, StatusCode};
 
-use crate::http::{Body, error, json, respond};
 use crate::pipeline::Pipeline;
 use crate::traces::{Query, ZipkinSpan, parse_trace_id};
+use mesh_common::http1::{Body, json, respond, text};
 
 /// Default and largest number of traces one search returns.
 const DEFAULT_LIMIT: usize = 10;
@@ -20,19 +20,19 @@ const DEFAULT_LOOKBACK_MS: u64 = 86_400_000;
 /// Answers one request.
 pub(crate) fn handle<B>(pipeline: &Arc<Pipeline>, req: &Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
     }
     let params: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
     let path = req.uri().path();
-    let store = || pipeline.traces.lock().unwrap_or_else(|e| e.into_inner());
+    let store = || pipeline.traces.lock();
     match path {
         "/health" | "/ready" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/api/v2/services" => json(&store().services()),
         "/api/v2/spans" | "/api/v2/remoteServices" => {
             let Some(service) = param("serviceName") else {
-                return error(StatusCode::BAD_REQUEST, "serviceName is required");
+                return text(StatusCode::BAD_REQUEST, "serviceName is required");
             };
             let service = service.to_string();
             if path == "/api/v2/spans" {
@@ -44,7 +44,7 @@ pub(crate) fn handle<B>(pipeline: &Arc<Pipeline>, req: &Request<B>) -> Response<
         "/api/v2/traces" => {
             let query = match parse_query(&param) {
                 Ok(q) => q,
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
+                Err(message) => return text(StatusCode::BAD_REQUEST, message),
             };
             let store = store();
             let found: Vec<Vec<ZipkinSpan<'_>>> =
@@ -55,15 +55,15 @@ pub(crate) fn handle<B>(pipeline: &Arc<Pipeline>, req: &Request<B>) -> Response<
         _ => match path.strip_prefix("/api/v2/trace/") {
             Some(id) => {
                 let Some(id) = parse_trace_id(id) else {
-                    return error(StatusCode::BAD_REQUEST, "trace id must be 16 or 32 hex digits");
+                    return text(StatusCode::BAD_REQUEST, "trace id must be 16 or 32 hex digits");
                 };
                 let store = store();
                 match store.trace(&id) {
                     Some(spans) => json(&spans.into_iter().map(ZipkinSpan::from).collect::<Vec<_>>()),
-                    None => error(StatusCode::NOT_FOUND, "trace not found (never received, or evicted)"),
+                    None => text(StatusCode::NOT_FOUND, "trace not found (never received, or evicted)"),
                 }
             }
-            None => error(
+            None => text(
                 StatusCode::NOT_FOUND,
                 "not found: try /api/v2/services, /api/v2/spans?serviceName=, /api/v2/traces, /api/v2/trace/{id}",
             ),

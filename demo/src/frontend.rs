@@ -24,7 +24,7 @@ pub(crate) struct Args {
     #[arg(long = "backend-authority", env = "DEMO_BACKEND_AUTHORITY")]
     backend_authority: Option<String>,
     /// Deadline for each backend call.
-    #[arg(long = "backend-timeout", env = "DEMO_BACKEND_TIMEOUT", default_value = "2s", value_parser = mesh_registry::cli::duration)]
+    #[arg(long = "backend-timeout", env = "DEMO_BACKEND_TIMEOUT", default_value = "2s", value_parser = mesh_common::cli::duration)]
     backend_timeout: Duration,
     #[command(flatten)]
     register: RegisterArgs,

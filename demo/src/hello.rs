@@ -22,7 +22,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "mesh")]
     name: String,
     /// Call again at this interval until stopped (failures are printed, not fatal).
-    #[arg(long, env = "DEMO_EVERY", value_parser = mesh_registry::cli::duration)]
+    #[arg(long, env = "DEMO_EVERY", value_parser = mesh_common::cli::duration)]
     every: Option<Duration>,
     /// Make this many calls (one connection, `--every` apart, back to back without it), print
     /// how many failed and which backend instances answered, and exit non-zero if any failed.
@@ -48,7 +48,7 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     };
     let mut client = FrontendClient::new(endpoint.connect_lazy());
     let mut tick = tokio::time::interval(every);
-    let mut stop = std::pin::pin!(mesh_registry::cli::shutdown_signal());
+    let mut stop = std::pin::pin!(mesh_common::cli::shutdown_signal());
     loop {
         tokio::select! {
             _ = tick.tick() => {

@@ -7,13 +7,14 @@
 //! so a target that stalls cannot hide its queueing (no coordinated omission).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use mesh_proto::demo::v1::EchoRequest;
 use mesh_proto::demo::v1::echo_client::EchoClient;
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -32,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, env = "DEMO_LOAD_REQUESTS")]
     requests: Option<u64>,
     /// How long to run (ignored with --requests).
-    #[arg(long, env = "DEMO_LOAD_DURATION", default_value = "10s", value_parser = mesh_registry::cli::duration)]
+    #[arg(long, env = "DEMO_LOAD_DURATION", default_value = "10s", value_parser = mesh_common::cli::duration)]
     duration: Duration,
     /// Calls before measuring starts.
     #[arg(long, env = "DEMO_LOAD_WARMUP", default_value = "500", value_name = "CALLS")]
@@ -53,7 +54,7 @@ pub(crate) struct Args {
     #[arg(long, env = "DEMO_LOAD_PAYLOAD", default_value_t = 100)]
     payload: usize,
     /// Per-call deadline.
-    #[arg(long, env = "DEMO_LOAD_TIMEOUT", default_value = "10s", value_parser = mesh_registry::cli::duration)]
+    #[arg(long, env = "DEMO_LOAD_TIMEOUT", default_value = "10s", value_parser = mesh_common::cli::duration)]
     timeout: Duration,
     /// Write the report as JSON to this file.
     #[arg(long, env = "DEMO_LOAD_JSON")]
@@ -106,14 +107,14 @@ impl Recorder {
 
     fn record(&self, latency: Duration, result: Result<(), tonic::Code>) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.histogram.lock().unwrap_or_else(|e| e.into_inner()).saturating_record(us);
+        self.histogram.lock().saturating_record(us);
         match result {
             Ok(()) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(code) => {
                 let name = format!("{code:?}");
-                *self.errors.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += 1;
+                *self.errors.lock().entry(name).or_default() += 1;
             }
         }
     }
@@ -166,8 +167,8 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     };
     let elapsed = started.elapsed().as_secs_f64();
 
-    let histogram = recorder.histogram.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let errors = recorder.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let histogram = recorder.histogram.lock().clone();
+    let errors = recorder.errors.lock().clone();
     let calls = histogram.len();
     let report = Report {
         target: args.target.to_string(),

@@ -12,7 +12,7 @@
 //! that for it), which exercises the registry end to end.
 
 use clap::{Parser, Subcommand};
-use mesh_registry::cli::parse_or_exit;
+use mesh_common::cli::parse_or_exit;
 
 mod backend;
 mod echo;
@@ -47,8 +47,8 @@ enum Role {
 
 fn main() {
     let cli: Cli = parse_or_exit();
-    mesh_registry::cli::init_logging("info");
-    let runtime = mesh_registry::cli::runtime_or_exit(2, "mesh-demo");
+    mesh_common::cli::init_logging("info");
+    let runtime = mesh_common::cli::runtime_or_exit(2, "mesh-demo");
     let result = runtime.block_on(async {
         match cli.role {
             Role::Backend(args) => backend::run(args).await,

@@ -25,7 +25,7 @@ pub(crate) struct RegisterArgs {
     #[arg(long, env = "MESH_LABELS", default_value = "", value_parser = mesh_registry::record::parse_labels)]
     labels: std::collections::BTreeMap<String, String>,
     /// On shutdown, how long to wait for in-flight calls and connections to finish.
-    #[arg(long = "drain-timeout", env = "DEMO_DRAIN_TIMEOUT", default_value = "5s", value_parser = mesh_registry::cli::duration, value_name = "DURATION")]
+    #[arg(long = "drain-timeout", env = "DEMO_DRAIN_TIMEOUT", default_value = "5s", value_parser = mesh_common::cli::duration, value_name = "DURATION")]
     drain_timeout: std::time::Duration,
     #[command(flatten)]
     etcd: EtcdArgs,

@@ -26,7 +26,7 @@ pub(crate) async fn serve(
         let _ = stop_rx.await;
     }));
     let registration = register.start(role, instance_id, local).await?;
-    mesh_registry::cli::shutdown_signal().await;
+    mesh_common::cli::shutdown_signal().await;
     tracing::info!(role, "shutting down");
     if let Some(registration) = registration {
         registration.deregister().await;

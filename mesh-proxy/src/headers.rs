@@ -1,13 +1,55 @@
-//! Header rules applied at every hop (RFC 9113 section 8.2.2): connection-specific headers never
-//! cross HTTP/2, `te` may only say `trailers`, and the mesh's own headers are set by the proxy,
-//! never trusted from the application.
+//! Every header name the proxy reads or writes, in one place (a leaf module: anything may use
+//! it), and the rules applied at every hop (RFC 9113 section 8.2.2): connection-specific headers
+//! never cross HTTP/2, `te` may only say `trailers`, and the mesh's own headers are set by the
+//! proxy, never trusted from the application.
 
-use http::HeaderMap;
+use std::time::Duration;
+
 use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request};
 
-/// The header in which an outbound proxy names the calling service for the inbound proxy.
-/// (Until mutual TLS carries the caller's identity, this is informational only.)
+/// The header in which an outbound proxy names the calling service for the inbound proxy. Under
+/// mutual TLS the caller's verified identity is used instead; without it, this is informational.
 pub(crate) const CLIENT_SERVICE: HeaderName = HeaderName::from_static("mesh-client-service");
+/// The stable reason of an error the proxy made itself.
+pub(crate) const MESH_ERROR: HeaderName = HeaderName::from_static("mesh-error");
+/// The message of such an error, for callers that are not gRPC.
+pub(crate) const MESH_ERROR_MESSAGE: HeaderName = HeaderName::from_static("mesh-error-message");
+/// W3C trace context.
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// gRPC's status code (in trailers, or in headers for a trailers-only response).
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC's status message.
+pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC's deadline.
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Whether a request is gRPC (so errors are answered as gRPC statuses).
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The caller's deadline from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
+pub(crate) fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
+    let value = req.headers().get(GRPC_TIMEOUT)?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// Removes connection-specific headers and any `te` other than `trailers`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -47,5 +89,22 @@ mod tests {
         h.insert(TE, "trailers".parse().unwrap_or_else(|_| unreachable!()));
         strip_hop_by_hop(&mut h);
         assert!(h.contains_key(TE));
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let with = |v: &str| {
+            Request::builder()
+                .header("grpc-timeout", v)
+                .body(())
+                .map(|r| grpc_timeout(&r))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(with("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("5x"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(with("1234567890S"), None);
     }
 }

@@ -4,8 +4,9 @@
 //! failed); 64 bad command line.
 
 use clap::{Parser, Subcommand};
+use mesh_common::cli::parse_or_exit;
 use mesh_registry::ServiceName;
-use mesh_registry::cli::{EtcdArgs, parse_or_exit};
+use mesh_registry::cli::EtcdArgs;
 
 mod check;
 mod endpoints;
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long = "ca-bundle", env = "MESH_IDENTITY_TRUST_BUNDLE")]
         ca_bundle: Option<std::path::PathBuf>,
         /// Warn about certificates expiring within this long.
-        #[arg(long = "warn-within", default_value = "720h", value_parser = mesh_registry::cli::duration)]
+        #[arg(long = "warn-within", default_value = "720h", value_parser = mesh_common::cli::duration)]
         warn_within: std::time::Duration,
     },
     /// Show a proxy's identity and certificate expiry (from its admin port).
@@ -56,7 +57,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4191")]
         admin: String,
         /// Warn (and exit 1) when the certificate expires within this long.
-        #[arg(long = "warn-within", default_value = "1h", value_parser = mesh_registry::cli::duration)]
+        #[arg(long = "warn-within", default_value = "1h", value_parser = mesh_common::cli::duration)]
         warn_within: std::time::Duration,
     },
     /// Create, list and revoke join tokens.
@@ -71,7 +72,7 @@ enum Command {
         /// `http://host:port/path` or `tcp://host:port`.
         target: String,
         /// Give up after this long.
-        #[arg(long, default_value = "2s", value_parser = mesh_registry::cli::duration)]
+        #[arg(long, default_value = "2s", value_parser = mesh_common::cli::duration)]
         timeout: std::time::Duration,
     },
 }
@@ -124,7 +125,7 @@ async fn show_identity(admin: &str, warn_within: std::time::Duration, format: Fo
 
 fn main() {
     let cli: Cli = parse_or_exit();
-    mesh_registry::cli::init_logging("error");
+    mesh_common::cli::init_logging("error");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

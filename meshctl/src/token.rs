@@ -17,7 +17,7 @@ pub(crate) enum TokenCommand {
         /// The service the token may obtain an identity for, and no other.
         service: ServiceName,
         /// How long the token may be used.
-        #[arg(long, default_value = "24h", value_parser = mesh_registry::cli::duration)]
+        #[arg(long, default_value = "24h", value_parser = mesh_common::cli::duration)]
         ttl: Duration,
     },
     /// List tokens (ids, services, expiry; never secrets).

@@ -1,100 +1,15 @@
-//! Command-line conventions shared by every mesh binary: the `--etcd-*` and registration flags
-//! (each also a `MESH_<NAME>` environment variable), the rule that a bad setting fails at start
-//! with one line naming it and exit code 64, logging, the runtime, listeners and shutdown.
+//! The registry's command-line flags: how to reach etcd (`--etcd-*`) and lease timing
+//! (`--lease-*`), each also a `MESH_<NAME>` environment variable. The conventions every binary
+//! shares (parsing, logging, runtime, shutdown) are in [`mesh_common::cli`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use mesh_common::cli::duration;
 
 use crate::etcd::{EtcdConfig, EtcdTls};
 use crate::layout::Layout;
 use crate::register::RegistrationConfig;
-
-/// Exit code for a bad setting (`EX_USAGE`).
-pub const EXIT_USAGE: i32 = 64;
-
-/// Parses the command line; on a bad setting prints one line naming it and exits 64.
-pub fn parse_or_exit<T: Parser>() -> T {
-    match T::try_parse() {
-        Ok(t) => t,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("error: bad command line");
-            eprintln!("{line}");
-            std::process::exit(EXIT_USAGE)
-        }
-    }
-}
-
-/// Starts logging to stderr: `MESH_LOG` is the filter (default `default_filter`),
-/// `MESH_LOG_FORMAT` is `text` (default) or `json`. Colours only on a terminal.
-pub fn init_logging(default_filter: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match std::env::var("MESH_LOG_FORMAT").as_deref() {
-        Ok("json") => builder.json().init(),
-        Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        Ok(other) => {
-            eprintln!("error: invalid value {other:?} for MESH_LOG_FORMAT: use text or json");
-            std::process::exit(EXIT_USAGE)
-        }
-    }
-}
-
-/// A multi-threaded tokio runtime with `workers` threads named `name`; if it cannot start, says so
-/// and exits 1.
-pub fn runtime_or_exit(workers: usize, name: &str) -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name(name).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    }
-}
-
-/// A listener that could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({what}): {source}")]
-pub struct BindError {
-    /// The address.
-    pub addr: std::net::SocketAddr,
-    /// Which listener.
-    pub what: &'static str,
-    /// The cause.
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Binds the `what` listener on `addr`, naming both if it cannot.
-pub async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, what, source })
-}
-
-/// Resolves on SIGTERM or Ctrl-C: when a mesh binary should begin its orderly shutdown.
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Parses a duration such as `500ms`, `3s` or `5m`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 3s, 5m)"))
-}
 
 /// How to reach etcd.
 #[derive(clap::Args, Clone, Debug)]

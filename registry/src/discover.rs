@@ -13,11 +13,11 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::backoff::Backoff;
 use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::name::ServiceName;
 use crate::view::{Snapshot, ViewState};
+use mesh_common::backoff::Backoff;
 
 /// How a view keeps itself correct.
 #[derive(Clone, Copy, Debug)]

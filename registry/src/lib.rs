@@ -25,7 +25,6 @@
 //! - `cli`: the clap flags (`--etcd-*`, `--lease-*`) every mesh binary shares.
 
 pub mod authz;
-mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod discover;

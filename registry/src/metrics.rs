@@ -1,8 +1,10 @@
 //! The registry's metrics. Names follow the mesh's convention (`mesh_` prefix, `_total` for
-//! counters); every label set is closed. A [`Metrics`] is created once per process and registered
-//! into the registry the process exposes: there is no global registry.
+//! counters); every label set is closed. A [`Metrics`] is declared once per process into the
+//! registry the process exposes (there is no global registry); the README's table is checked
+//! against what is declared here.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use mesh_common::metrics::Declare;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Counters for registration and discovery.
 #[derive(Clone, Debug)]
@@ -26,62 +28,66 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics, not yet registered anywhere.
-    pub fn new() -> Self {
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| unreachable!("{e}"))
-        };
-        let counter = |name: &str, help: &str| IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}"));
-        Self {
-            registrations: counter_vec(
+    /// Declares the metrics into the registry the process exposes.
+    pub fn declare(d: &mut Declare) -> prometheus::Result<Self> {
+        Ok(Self {
+            registrations: d.counter_vec(
                 "mesh_registry_registrations_total",
                 "Instance registrations (lease grant and record put) by outcome.",
-                "outcome",
-            ),
-            leases_lost: counter("mesh_registry_leases_lost_total", "Leases found lost under a live registration."),
-            keepalive_failures: counter(
-                "mesh_registry_keepalive_failures_total",
-                "Lease keepalive rounds that failed.",
-            ),
-            records_restored: counter(
+                &["outcome"],
+            )?,
+            leases_lost: d
+                .counter("mesh_registry_leases_lost_total", "Leases found lost under a live registration.")?,
+            keepalive_failures: d
+                .counter("mesh_registry_keepalive_failures_total", "Lease keepalive rounds that failed.")?,
+            records_restored: d.counter(
                 "mesh_registry_records_restored_total",
                 "Own instance records found missing from etcd and written again.",
-            ),
-            relists: counter_vec(
+            )?,
+            relists: d.counter_vec(
                 "mesh_registry_relists_total",
                 "Full re-lists of a discovery view by reason.",
-                "reason",
-            ),
-            watch_errors: counter("mesh_registry_watch_errors_total", "Discovery watch streams that failed."),
-            malformed_records: counter_vec(
+                &["reason"],
+            )?,
+            watch_errors: d.counter("mesh_registry_watch_errors_total", "Discovery watch streams that failed.")?,
+            malformed_records: d.counter_vec(
                 "mesh_registry_malformed_records_total",
                 "Malformed values under the mesh prefix, skipped (each distinct value counted once).",
-                "reason",
-            ),
-            views_stale: IntGauge::new(
+                &["reason"],
+            )?,
+            views_stale: d.gauge(
                 "mesh_registry_views_stale",
                 "Discovery views serving their last known state while etcd is unreachable.",
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-        }
+            )?,
+        })
     }
 
-    /// Registers every metric into `registry`.
-    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.registrations.clone()))?;
-        registry.register(Box::new(self.leases_lost.clone()))?;
-        registry.register(Box::new(self.keepalive_failures.clone()))?;
-        registry.register(Box::new(self.records_restored.clone()))?;
-        registry.register(Box::new(self.relists.clone()))?;
-        registry.register(Box::new(self.watch_errors.clone()))?;
-        registry.register(Box::new(self.malformed_records.clone()))?;
-        registry.register(Box::new(self.views_stale.clone()))?;
-        Ok(())
+    /// Metrics counted but exposed nowhere (a process that serves no `/metrics`).
+    pub fn new() -> Self {
+        Self::declare(&mut Declare::new(&Registry::new())).unwrap_or_else(|e| unreachable!("{e}"))
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_documents_every_registry_metric() -> prometheus::Result<()> {
+        let mut d = Declare::new(&Registry::new());
+        Metrics::declare(&mut d)?;
+        let readme = include_str!("../../README.md");
+        let documented = mesh_common::metrics::documented(readme, "The registry's metrics")
+            .unwrap_or_else(|e| panic!("README: {e}"));
+        if let Err(differences) = mesh_common::metrics::compare(d.declared(), &documented) {
+            panic!("the README's registry metrics table and the code differ:\n{differences}");
+        }
+        Ok(())
     }
 }

@@ -11,10 +11,10 @@ use etcd_client::{Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper,
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backoff::Backoff;
 use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::record::InstanceRecord;
+use mesh_common::backoff::Backoff;
 
 /// Lease timing.
 #[derive(Clone, Copy, Debug)]

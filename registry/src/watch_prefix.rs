@@ -11,7 +11,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 
-use crate::backoff::Backoff;
+use mesh_common::backoff::Backoff;
 
 /// Keys to raw values.
 pub type Values = Arc<BTreeMap<String, Vec<u8>>>;

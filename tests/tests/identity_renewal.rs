@@ -13,8 +13,11 @@ use mesh_tests::mesh::metric_sum;
 use x509_parser::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_failed_call() {
-    let s = SecuredMesh::start_with_lifetime("60s").await;
+// The renewal schedule itself (fraction, backoff, bounds) is tested in process on paused time
+// (mesh-proxy's identity module); this real-process run checks rotation under load end to end,
+// with certificates short enough to rotate about seven times in 100 s.
+async fn twenty_second_certificates_rotate_under_load_for_100_seconds_without_a_failed_call() {
+    let s = SecuredMesh::start_with_lifetime("20s").await;
     let load = Load::start(s.client.echo_client("echo").await, 2, Duration::from_millis(20));
     let hour = Duration::from_secs(3600);
     let probe_cert = s.cp.forge("spiffe://mesh.local/svc/observer", SystemTime::now() - hour, SystemTime::now() + hour);
@@ -22,7 +25,7 @@ async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_
     let started = Instant::now();
     let mut presented = BTreeSet::new();
     let mut expiries = BTreeSet::new();
-    while started.elapsed() < Duration::from_secs(300) {
+    while started.elapsed() < Duration::from_secs(100) {
         // What a new handshake sees now, and what the proxy says it holds.
         let der = mesh_tests::tls::server_certificate(&s.server.sidecar.inbound, probe_cert.clone()).await.unwrap();
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -42,7 +45,7 @@ async fn sixty_second_certificates_rotate_under_load_for_five_minutes_without_a_
     assert_no_failures(&outcomes);
     assert!(outcomes.len() > 5000, "steady load: {} calls", outcomes.len());
     let rotations = metric_sum(&s.server.sidecar.metrics().await, r#"mesh_identity_renewals_total{outcome="ok"}"#) - 1;
-    assert!(rotations >= 4, "{rotations} rotations in 5 minutes");
+    assert!(rotations >= 4, "{rotations} rotations in 100 s");
     assert!(presented.len() >= 5, "new handshakes presented {} distinct certificates", presented.len());
     eprintln!(
         "{rotations} rotations, {} certificates seen by new handshakes, {} calls",

@@ -2,7 +2,9 @@
 //! the token's service and the trust bundle out. Refusals are counted by reason.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_proto::identity::v1::identity_server::Identity;
@@ -17,7 +19,7 @@ const MAX_CSR_BYTES: usize = 8 * 1024;
 
 pub(crate) struct Certify {
     /// The current CA; swapped when its files change.
-    pub(crate) ca: Arc<std::sync::RwLock<Arc<Ca>>>,
+    pub(crate) ca: Arc<RwLock<Arc<Ca>>>,
     pub(crate) etcd: etcd_client::Client,
     pub(crate) layout: Layout,
     /// Issued and refused counts, by reason (logged; exported once the control plane has metrics).
@@ -26,7 +28,7 @@ pub(crate) struct Certify {
 
 impl Certify {
     fn count(&self, outcome: &'static str) {
-        *self.outcomes.lock().unwrap_or_else(|e| e.into_inner()).entry(outcome).or_default() += 1;
+        *self.outcomes.lock().entry(outcome).or_default() += 1;
     }
 }
 
@@ -61,7 +63,7 @@ impl Identity for Certify {
                 });
             }
         };
-        let ca = self.ca.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let ca = self.ca.read().clone();
         let leaf = ca.issue(&csr_der, &service).map_err(|error| {
             self.count("bad_csr");
             Status::invalid_argument(format!("mesh: {error}"))

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use mesh_common::cli::{duration, init_logging, parse_or_exit};
 use mesh_proto::identity::v1::identity_server::IdentityServer;
-use mesh_registry::cli::{EtcdArgs, duration, init_logging, parse_or_exit};
+use mesh_registry::cli::EtcdArgs;
 use mesh_registry::identity::TrustDomain;
 
 mod ca;
@@ -139,7 +140,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let ca = ca::Ca::load(&ca_dir, trust_domain.clone(), leaf_lifetime).map_err(|e| e.to_string())?;
     let (cert, key) = ca.serving_identity(&server_names).map_err(|e| e.to_string())?;
     let client = etcd.config().connect().await.map_err(|e| e.to_string())?;
-    let ca = Arc::new(std::sync::RwLock::new(Arc::new(ca)));
+    let ca = Arc::new(parking_lot::RwLock::new(Arc::new(ca)));
     tokio::spawn(reload_on_change(ca_dir.clone(), trust_domain.clone(), leaf_lifetime, ca.clone()));
     let certify =
         certify::Certify { ca: ca.clone(), etcd: client, layout: etcd.prefix.clone(), outcomes: Default::default() };
@@ -152,7 +153,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .http2_max_header_list_size(Some(16 * 1024))
         .timeout(Duration::from_secs(10))
         .add_service(IdentityServer::new(certify))
-        .serve_with_shutdown(listen, mesh_registry::cli::shutdown_signal())
+        .serve_with_shutdown(listen, mesh_common::cli::shutdown_signal())
         .await
         .map_err(|e| format!("serving on {listen}: {e}"))
 }
@@ -162,7 +163,7 @@ async fn reload_on_change(
     dir: PathBuf,
     trust_domain: TrustDomain,
     leaf_lifetime: Duration,
-    ca: Arc<std::sync::RwLock<Arc<ca::Ca>>>,
+    ca: Arc<parking_lot::RwLock<Arc<ca::Ca>>>,
 ) {
     let files = ca::CaFiles::in_dir(&dir);
     let stamp = || {
@@ -177,7 +178,7 @@ async fn reload_on_change(
         }
         match ca::Ca::load(&dir, trust_domain.clone(), leaf_lifetime) {
             Ok(loaded) => {
-                *ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                *ca.write() = Arc::new(loaded);
                 last = now;
                 tracing::info!(dir = %dir.display(), "reloaded the CA's root and trust bundle");
             }

@@ -1,0 +1,140 @@
+//! Errors the proxy itself answers with. Each is a real gRPC status with a stable reason, so a
+//! caller can act on it: the gRPC code in `grpc-status`, a message in `grpc-message` that starts
+//! with `mesh:` and names what failed, and the machine-readable reason in `mesh-error`.
+//! Non-gRPC callers get the matching HTTP status with the same header and message.
+
+use http::{HeaderValue, Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tonic::Code;
+
+use super::body::ResponseBody;
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, MESH_ERROR, MESH_ERROR_MESSAGE};
+use crate::telemetry::Recorder;
+use crate::telemetry::labels::{ErrorReason, code_label};
+
+/// A failure the proxy answers itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// `:authority` does not name a service.
+    #[error(
+        "mesh: cannot route: authority {0:?} does not name a service (use <service>, <service>:<port> or <service>.mesh)"
+    )]
+    BadAuthority(String),
+    /// The service has no registered instances (after waiting the fail-fast timeout).
+    #[error("mesh: no endpoints for service {0:?}: no instance is registered")]
+    NoEndpoints(String),
+    /// Instances are registered but none could be reached.
+    #[error("mesh: no ready endpoint for service {service:?}: {registered} registered, none reachable")]
+    NoReadyEndpoint { service: String, registered: usize },
+    /// Discovery has no state for the service (etcd unreachable since the first use).
+    #[error("mesh: service discovery unavailable for {0:?}: etcd unreachable and nothing cached")]
+    DiscoveryUnavailable(String),
+    /// The caller's `grpc-timeout` ran out while the proxy waited (for an endpoint, or for the
+    /// response headers).
+    #[error("mesh: deadline exceeded waiting for {waiting_for} of {service:?}")]
+    DeadlineExceeded { service: String, waiting_for: &'static str },
+    /// The chosen endpoint failed after the request was sent.
+    #[error("mesh: upstream {service:?} instance {instance} at {addr} failed: {cause}")]
+    UpstreamFailed { service: String, instance: String, addr: String, cause: String },
+    /// The local application could not be reached.
+    #[error("mesh: local application at {addr} unreachable: {cause}")]
+    AppUnavailable { addr: String, cause: String },
+    /// The caller may not call this method (the message names the caller and the rule).
+    #[error("{0}")]
+    NotAuthorized(String),
+    /// The proxy already tracks as many services as it may.
+    #[error("mesh: too many services in use (limit {0})")]
+    TooManyServices(usize),
+}
+
+impl ProxyError {
+    /// The stable reason, also the `reason` label of `mesh_proxy_errors_total`.
+    pub(crate) fn reason(&self) -> ErrorReason {
+        match self {
+            Self::BadAuthority(_) => ErrorReason::BadAuthority,
+            Self::NoEndpoints(_) => ErrorReason::NoEndpoints,
+            Self::NoReadyEndpoint { .. } => ErrorReason::NoReadyEndpoint,
+            Self::DiscoveryUnavailable(_) => ErrorReason::DiscoveryUnavailable,
+            Self::DeadlineExceeded { .. } => ErrorReason::DeadlineExceeded,
+            Self::UpstreamFailed { .. } => ErrorReason::UpstreamFailed,
+            Self::AppUnavailable { .. } => ErrorReason::AppUnavailable,
+            Self::TooManyServices(_) => ErrorReason::TooManyServices,
+            Self::NotAuthorized(_) => ErrorReason::NotAuthorized,
+        }
+    }
+
+    /// The gRPC status code.
+    pub(crate) fn code(&self) -> Code {
+        match self {
+            Self::BadAuthority(_) => Code::InvalidArgument,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::TooManyServices(_) => Code::ResourceExhausted,
+            Self::NotAuthorized(_) => Code::PermissionDenied,
+            _ => Code::Unavailable,
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self.code() {
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Counts this error, records the call with its status, and answers it: what both request
+    /// paths do when the proxy fails a call itself.
+    pub(crate) fn respond<G>(self, grpc: bool, mut recorder: Recorder) -> Response<ResponseBody<G>> {
+        recorder.proxy_error(self.reason());
+        recorder.finish(code_label(self.code()), 0);
+        self.into_response(grpc)
+    }
+
+    /// The response: trailers-only gRPC for gRPC callers, an HTTP status otherwise.
+    pub(crate) fn into_response<G>(self, grpc: bool) -> Response<ResponseBody<G>> {
+        /// Characters percent-encoded in `grpc-message` (the gRPC spec's set).
+        const ESCAPED: &AsciiSet = &CONTROLS.add(b'%');
+        let message = self.to_string();
+        let mut response = Response::new(ResponseBody::empty());
+        if !grpc {
+            *response.status_mut() = self.http_status();
+        }
+        let headers = response.headers_mut();
+        headers.insert(MESH_ERROR, HeaderValue::from_static(self.reason().as_str()));
+        if grpc {
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(GRPC_STATUS, HeaderValue::from(self.code() as i32));
+            let encoded = utf8_percent_encode(&message, ESCAPED).to_string();
+            if let Ok(v) = HeaderValue::from_str(&encoded) {
+                headers.insert(GRPC_MESSAGE, v);
+            }
+        } else {
+            if let Ok(v) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
+                headers.insert(MESH_ERROR_MESSAGE, v);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_a_stable_reason() {
+        let resp = ProxyError::NoEndpoints("orders".into()).into_response::<()>(true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["mesh-error"], "no_endpoints");
+        let message = resp.headers()["grpc-message"].to_str().unwrap_or_default();
+        assert!(message.contains("orders"), "{message}");
+        assert!(http_body::Body::is_end_stream(resp.body()));
+
+        let resp = ProxyError::DeadlineExceeded { service: "orders".into(), waiting_for: "an endpoint" }
+            .into_response::<()>(false);
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}

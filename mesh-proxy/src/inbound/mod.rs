@@ -1,0 +1,88 @@
+//! The inbound request path: a call from a peer's proxy to the local app.
+//!
+//! ```text
+//! peer proxy --(mTLS, or plaintext without identities)--> inbound listener
+//!            -> authz.rs: the verified caller may call this method (or the call is denied)
+//!            -> (next: rate limits, the adaptive concurrency limit)
+//!            -> local app (one multiplexed h2c connection; app.rs: is it there?)
+//! ```
+
+pub(crate) mod app;
+pub(crate) mod authz;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh_registry::ServiceName;
+
+use crate::endpoint::client::{H2Client, SendError};
+use crate::endpoint::transport::PeerInfo;
+use crate::headers::{CLIENT_SERVICE, is_grpc, strip_hop_by_hop};
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::errors::ProxyError;
+use crate::telemetry::trace::{SpanKind, Tracer};
+use crate::telemetry::{Direction, Telemetry};
+
+/// The inbound side of the proxy.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) app: H2Client,
+    /// Present when callers have verified identities (mTLS).
+    pub(crate) authorizer: Option<authz::Authorizer>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// Present when spans are exported.
+    pub(crate) tracer: Option<Arc<Tracer>>,
+    pub(crate) local: ServiceName,
+}
+
+impl Inbound {
+    pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let grpc = is_grpc(&req);
+        let method = self.telemetry.method_label(req.uri().path());
+        // The caller: its verified identity under mTLS; otherwise what its proxy says.
+        let peer = req.extensions().get::<PeerInfo>();
+        let peer_addr = peer.map(|p| p.addr);
+        let caller = peer.and_then(|p| p.identity.clone());
+        let verified = caller.as_ref().map(|i| i.service().to_string());
+        let source = verified.unwrap_or_else(|| {
+            req.headers()
+                .get(CLIENT_SERVICE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<ServiceName>().ok())
+                .map_or_else(|| "unknown".to_string(), |s| s.to_string())
+        });
+        let mut recorder = self.telemetry.start(Direction::Inbound, &source, self.local.as_str(), method);
+        strip_hop_by_hop(req.headers_mut());
+        // The app sees this hop's span as its parent in `traceparent`.
+        if let Some(tracer) = &self.tracer {
+            let mut span = tracer.start(SpanKind::Server, req.headers_mut());
+            if let Some(addr) = peer_addr {
+                span.set_peer(addr);
+            }
+            recorder.trace(span);
+        }
+
+        // Why here: after the caller is known, before anything reaches the app.
+        if let Some(authorizer) = &self.authorizer
+            && let mesh_registry::authz::Decision::Deny(message) = authorizer.decide(caller.as_ref(), req.uri().path())
+        {
+            tracing::info!(%message, trace_id = recorder.trace_id().unwrap_or_default(), "denied an inbound call");
+            return ProxyError::NotAuthorized(message).respond(grpc, recorder);
+        }
+
+        let req = req.map(|body| RequestBody::new(body, &recorder));
+        let cause = match self.app.send(req).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let body = ResponseBody::observed(body, &parts.headers, recorder, ());
+                return Response::from_parts(parts, body);
+            }
+            Err(SendError::NotSent(_, cause)) => cause,
+            Err(SendError::Failed(error)) => error.to_string(),
+        };
+        let error = ProxyError::AppUnavailable { addr: self.app.addr().to_string(), cause };
+        tracing::warn!(%error, trace_id = recorder.trace_id().unwrap_or_default(), "inbound call failed in the proxy");
+        error.respond(grpc, recorder)
+    }
+}

@@ -1,0 +1,82 @@
+//! The outbound request path: a call from the local app to another service.
+//!
+//! ```text
+//! app --h2c--> outbound listener -> target service (authority.rs: from :authority)
+//!            -> logical.rs: the call's deadline, attempts, (next: routes, retries, timeouts, mirrors)
+//!            -> balance: P2C over peak-EWMA, waits up to the fail-fast timeout
+//!            -> endpoint: one multiplexed HTTP/2 connection per instance
+//!            -> the instance's inbound listener
+//! ```
+
+mod authority;
+mod logical;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use mesh_registry::ServiceName;
+
+use crate::balance::InFlight;
+use crate::balance::discovery::Discovery;
+use crate::endpoint::client::H2Client;
+use crate::headers::{CLIENT_SERVICE, is_grpc, strip_hop_by_hop};
+use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::errors::ProxyError;
+use crate::telemetry::trace::{SpanKind, Tracer};
+use crate::telemetry::{Direction, Recorder, Telemetry};
+
+/// The outbound response body: holds the call's place in its endpoint's in-flight count.
+pub(crate) type OutboundBody = ResponseBody<InFlight<H2Client>>;
+
+/// The outbound side of the proxy.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) discovery: Arc<Discovery<H2Client>>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// Present when spans are exported.
+    pub(crate) tracer: Option<Arc<Tracer>>,
+    pub(crate) local: ServiceName,
+    /// How long a call waits for a ready endpoint.
+    pub(crate) fail_fast: Duration,
+}
+
+impl Outbound {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<OutboundBody> {
+        let grpc = is_grpc(&req);
+        let method = self.telemetry.method_label(req.uri().path());
+        let target = authority::target(&req);
+        let dst = target.as_ref().map_or("unknown", |s| s.as_str());
+        let mut recorder = self.telemetry.start(Direction::Outbound, self.local.as_str(), dst, method);
+        let (mut parts, body) = req.into_parts();
+        // The peer sees this hop's span as its parent in `traceparent`.
+        if let Some(tracer) = &self.tracer {
+            recorder.trace(tracer.start(SpanKind::Client, &mut parts.headers));
+        }
+        let service = match target {
+            Ok(service) => service,
+            Err(raw) => return fail(ProxyError::BadAuthority(raw), grpc, recorder),
+        };
+
+        // Why here: the app's headers are cleaned once, before any attempt.
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(local) = HeaderValue::from_str(self.local.as_str()) {
+            parts.headers.insert(CLIENT_SERVICE, local);
+        }
+        let req = Request::from_parts(parts, RequestBody::new(body, &recorder));
+
+        let balancer = match self.discovery.balancer(&service) {
+            Ok(balancer) => balancer,
+            Err(error) => return fail(error, grpc, recorder),
+        };
+        let call = logical::Call { service: &service, balancer: &balancer, fail_fast: self.fail_fast, grpc };
+        call.send(req, recorder, &self.telemetry).await
+    }
+}
+
+/// Answers a call the proxy failed itself.
+fn fail(error: ProxyError, grpc: bool, recorder: Recorder) -> Response<OutboundBody> {
+    tracing::debug!(%error, trace_id = recorder.trace_id().unwrap_or_default(), "outbound call failed in the proxy");
+    error.respond(grpc, recorder)
+}

@@ -1,0 +1,147 @@
+//! The proxy's metric families: declared here, held here, and touched only by the telemetry
+//! module (through [`super::Telemetry`], its events and its recorder). Names follow the brief
+//! (`mesh_` prefix, `_total`, `_seconds`); the README's metrics table is checked against what is
+//! declared here.
+
+use mesh_common::metrics::Declare;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+
+use super::labels::{Direction, Limit};
+
+/// The request families' label keys.
+const REQUEST_LABELS: [&str; 5] = ["direction", "src_service", "dst_service", "grpc_method", "grpc_status"];
+
+/// Latency buckets, 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every family the proxy's own code records into.
+#[derive(Debug)]
+pub(super) struct Families {
+    pub(super) requests: IntCounterVec,
+    pub(super) duration: HistogramVec,
+    pub(super) request_bytes: IntCounterVec,
+    pub(super) response_bytes: IntCounterVec,
+    /// By [`Direction`].
+    pub(super) open_streams: [IntGauge; 2],
+    pub(super) proxy_errors: IntCounterVec,
+    pub(super) retries: IntCounterVec,
+    pub(super) balancer_picks: IntCounterVec,
+    pub(super) endpoints: IntGaugeVec,
+    /// By [`Direction`].
+    pub(super) open_connections: [IntGauge; 2],
+    /// By [`Direction`].
+    pub(super) connections: [IntCounter; 2],
+    pub(super) connection_errors: IntCounterVec,
+    /// By [`Limit`].
+    pub(super) limit_hits: Vec<IntCounter>,
+    pub(super) label_overflow: IntCounter,
+    pub(super) tls_handshakes: IntCounterVec,
+    pub(super) authz_decisions: IntCounterVec,
+    pub(super) identity_expiry: IntGauge,
+    pub(super) identity_renewals: IntCounterVec,
+    pub(super) telemetry_exported: IntCounterVec,
+    pub(super) telemetry_dropped: IntCounterVec,
+    pub(super) spans_unsampled: IntCounter,
+}
+
+impl Families {
+    pub(super) fn declare(d: &mut Declare) -> prometheus::Result<Self> {
+        let by_direction = |v: &IntGaugeVec| per_direction(|dir| v.with_label_values(&[dir.as_str()]));
+        let open_streams = d.gauge_vec("mesh_open_streams", "Requests in flight through the proxy.", &["direction"])?;
+        let open_connections =
+            d.gauge_vec("mesh_open_connections", "Open connections accepted by the proxy.", &["direction"])?;
+        let connections =
+            d.counter_vec("mesh_connections_total", "Connections accepted by the proxy.", &["direction"])?;
+        let limit_hits =
+            d.counter_vec("mesh_limit_hits_total", "Times a configured limit refused work.", &["limit"])?;
+        Ok(Self {
+            requests: d.counter_vec("mesh_requests_total", "Requests through the proxy, by outcome.", &REQUEST_LABELS)?,
+            duration: d.histogram_vec(
+                "mesh_request_duration_seconds",
+                "Request latency through the proxy, to the end of the response.",
+                &REQUEST_LABELS,
+                LATENCY_BUCKETS.to_vec(),
+            )?,
+            request_bytes: d.counter_vec(
+                "mesh_request_bytes_total",
+                "Request body bytes through the proxy.",
+                &["direction", "src_service", "dst_service"],
+            )?,
+            response_bytes: d.counter_vec(
+                "mesh_response_bytes_total",
+                "Response body bytes through the proxy.",
+                &["direction", "src_service", "dst_service"],
+            )?,
+            open_streams: by_direction(&open_streams),
+            proxy_errors: d.counter_vec(
+                "mesh_proxy_errors_total",
+                "Requests the proxy answered itself, by stable reason.",
+                &["direction", "reason"],
+            )?,
+            retries: d.counter_vec(
+                "mesh_retries_total",
+                "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
+                &["dst_service"],
+            )?,
+            balancer_picks: d.counter_vec(
+                "mesh_balancer_picks_total",
+                "Endpoints chosen by the balancer, by destination service and endpoint instance id (series go with the endpoint).",
+                &["dst_service", "endpoint"],
+            )?,
+            endpoints: d.gauge_vec("mesh_endpoints", "Endpoints known per destination service.", &["dst_service"])?,
+            open_connections: by_direction(&open_connections),
+            // Exported at 0 from the start, so dashboards and alerts see them before the first
+            // connection.
+            connections: per_direction(|dir| connections.with_label_values(&[dir.as_str()])),
+            connection_errors: d.counter_vec(
+                "mesh_connection_errors_total",
+                "Accepted connections that ended in an error, by class (protocol, timeout, io, handshake).",
+                &["direction", "reason"],
+            )?,
+            limit_hits: Limit::ALL.iter().map(|l| limit_hits.with_label_values(&[l.as_str()])).collect(),
+            label_overflow: d.counter(
+                "mesh_metric_label_overflow_total",
+                "Requests whose gRPC method was recorded as `other` because the method label limit was reached.",
+            )?,
+            tls_handshakes: d.counter_vec(
+                "mesh_tls_handshakes_total",
+                "mTLS handshakes between proxies by outcome and reason (expired, not_yet_valid, unknown_ca, wrong_identity, no_client_certificate, not_tls, timeout ...).",
+                &["direction", "outcome", "reason"],
+            )?,
+            authz_decisions: d.counter_vec(
+                "mesh_authz_decisions_total",
+                "Inbound authorization decisions by result (allow, deny).",
+                &["result"],
+            )?,
+            identity_expiry: d.gauge(
+                "mesh_identity_expiry_timestamp_seconds",
+                "When this proxy's current certificate expires, Unix seconds (0: none).",
+            )?,
+            identity_renewals: d.counter_vec(
+                "mesh_identity_renewals_total",
+                "Certificate requests to the control plane by outcome.",
+                &["outcome"],
+            )?,
+            telemetry_exported: d.counter_vec(
+                "mesh_telemetry_exported_total",
+                "Telemetry sent to the collector, by signal (spans; metrics counts data points).",
+                &["signal"],
+            )?,
+            telemetry_dropped: d.counter_vec(
+                "mesh_telemetry_dropped_total",
+                "Telemetry dropped instead of slowing traffic, by signal and reason (queue_full, export_failed).",
+                &["signal", "reason"],
+            )?,
+            spans_unsampled: d.counter(
+                "mesh_spans_unsampled_total",
+                "Finished spans not exported: not sampled, and neither failed nor slow.",
+            )?,
+        })
+    }
+}
+
+/// One value per direction, indexed by `Direction as usize`.
+pub(super) fn per_direction<T>(f: impl Fn(Direction) -> T) -> [T; 2] {
+    [f(Direction::Inbound), f(Direction::Outbound)]
+}
