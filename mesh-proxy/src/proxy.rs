@@ -170,7 +170,7 @@ impl Proxy {
             tasks: outbound_tasks,
         };
         let outbound_server =
-            tokio::spawn(listen::serve(outbound_listener, move |req| outbound.clone().handle(req), stop_rx.clone()));
+            tokio::spawn(listen::serve(outbound_listener, move |req| outbound.handle(req), stop_rx.clone()));
         let inbound_server = match (listeners.inbound, &config.inbound) {
             (Some(listener), Some(settings)) => {
                 let inbound = Arc::new(Inbound {

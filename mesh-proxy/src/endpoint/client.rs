@@ -59,9 +59,14 @@ impl H2Client {
 
     /// Sends `req` on the shared connection, connecting first if needed.
     pub(crate) async fn send(&self, req: Request<RequestBody>) -> Result<Response<hyper::body::Incoming>, SendError> {
-        let mut sender = match self.sender().await {
-            Ok(sender) => sender,
-            Err(cause) => return Err(SendError::NotSent(Box::new(req), cause)),
+        let mut sender = match self.current() {
+            Some(sender) => sender,
+            // Connecting (TCP, TLS, the HTTP/2 handshake) is rare and its future is large: boxed,
+            // so that it does not size every call's future (measured: 1.9 KiB -> 0.6 KiB).
+            None => match Box::pin(self.connect()).await {
+                Ok(sender) => sender,
+                Err(cause) => return Err(SendError::NotSent(Box::new(req), cause)),
+            },
         };
         match sender.try_send_request(req).await {
             Ok(response) => Ok(response),
@@ -87,10 +92,7 @@ impl H2Client {
         }
     }
 
-    async fn sender(&self) -> Result<SendRequest<RequestBody>, String> {
-        if let Some(sender) = self.current() {
-            return Ok(sender);
-        }
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, String> {
         // One connection attempt at a time; whoever waited finds the result.
         let _connecting = self.connecting.lock().await;
         if let Some(sender) = self.current() {

@@ -3,6 +3,7 @@
 //! offered to up to 3 endpoints; the caller's `grpc-timeout` bounds the wait for an endpoint and
 //! for the response headers. This is where routes, retries, timeouts and mirrors will sit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -22,23 +23,19 @@ use crate::telemetry::{Recorder, Telemetry};
 const MAX_ATTEMPTS: usize = 3;
 
 /// A call to one service.
-pub(super) struct Call<'a> {
-    pub(super) service: &'a ServiceName,
-    pub(super) balancer: &'a Balancer<H2Client>,
+pub(super) struct Call {
+    pub(super) service: ServiceName,
+    pub(super) balancer: Arc<Balancer<H2Client>>,
     /// How long to wait for a ready endpoint.
     pub(super) fail_fast: Duration,
     /// Answer failures as gRPC statuses.
     pub(super) grpc: bool,
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
-impl Call<'_> {
-    pub(super) async fn send(
-        self,
-        mut req: Request<RequestBody>,
-        mut recorder: Recorder,
-        telemetry: &Telemetry,
-    ) -> Response<OutboundBody> {
-        let Self { service, balancer, fail_fast, grpc } = self;
+impl Call {
+    pub(super) async fn send(self, mut req: Request<RequestBody>, mut recorder: Recorder) -> Response<OutboundBody> {
+        let Self { service, balancer, fail_fast, grpc, telemetry } = self;
         // Wait for an endpoint no longer than the fail-fast timeout, nor past the caller's deadline.
         let started = Instant::now();
         let caller_timeout = grpc_timeout(&req);
@@ -94,7 +91,7 @@ impl Call<'_> {
                     if attempt < MAX_ATTEMPTS {
                         let instance = endpoint.record.instance_id.as_str();
                         RetriedElsewhere { service: service.as_str(), instance, cause: &cause, attempt }
-                            .emit(telemetry);
+                            .emit(&telemetry);
                     }
                 }
                 Err(SendError::Failed(error)) => {

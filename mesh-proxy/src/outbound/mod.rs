@@ -11,9 +11,11 @@
 mod authority;
 mod logical;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{Either, Ready, ready};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use mesh_registry::ServiceName;
@@ -43,7 +45,14 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<OutboundBody> {
+    /// Takes a call from the local app. Everything up to the first wait (which service, its
+    /// balancer, the call's telemetry and headers) happens here, synchronously; what is returned is
+    /// only the call's own future (`logical.rs`), not one nested in another: hyper moves each
+    /// stream's future around, and its size is per-call cost.
+    pub(crate) fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Either<Ready<Response<OutboundBody>>, impl Future<Output = Response<OutboundBody>> + Send + use<>> {
         let grpc = is_grpc(&req);
         let method = self.telemetry.method_label(req.uri().path());
         let target = authority::target(&req);
@@ -56,7 +65,7 @@ impl Outbound {
         }
         let service = match target {
             Ok(service) => service,
-            Err(raw) => return fail(ProxyError::BadAuthority(raw), grpc, recorder),
+            Err(raw) => return Either::Left(ready(fail(ProxyError::BadAuthority(raw), grpc, recorder))),
         };
 
         // Why here: the app's headers are cleaned once, before any attempt.
@@ -68,10 +77,11 @@ impl Outbound {
 
         let balancer = match self.discovery.balancer(&service) {
             Ok(balancer) => balancer,
-            Err(error) => return fail(error, grpc, recorder),
+            Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
         };
-        let call = logical::Call { service: &service, balancer: &balancer, fail_fast: self.fail_fast, grpc };
-        call.send(req, recorder, &self.telemetry).await
+        let call =
+            logical::Call { service, balancer, fail_fast: self.fail_fast, grpc, telemetry: self.telemetry.clone() };
+        Either::Right(call.send(req, recorder))
     }
 }
 
