@@ -83,7 +83,7 @@ echo "mTLS handshakes ok: $tls, failed: $plain; calls backend -> store: $store"
 python3 -c "import sys; sys.exit(0 if float('$tls') > 0 and float('$store') > 0 else 1)"
 
 echo "==> the operator's CLI: docker compose run --rm meshctl services"
-services="$("${compose[@]}" run --rm -T meshctl services)"
+services="$("${compose[@]}" --progress quiet run --rm -T meshctl services)"
 echo "$services"
 grep -qE '^backend +3$' <<<"$services" || { echo "meshctl services does not list backend with 3 instances"; exit 1; }
 

@@ -15,6 +15,10 @@ pub(crate) const CLIENT_SERVICE: HeaderName = HeaderName::from_static("mesh-clie
 pub(crate) const MESH_ERROR: HeaderName = HeaderName::from_static("mesh-error");
 /// The message of such an error, for callers that are not gRPC.
 pub(crate) const MESH_ERROR_MESSAGE: HeaderName = HeaderName::from_static("mesh-error-message");
+/// Set by an inbound proxy on an error it made because the call never reached its app (the app
+/// could not be connected to): the call was not processed, so the calling proxy may send it to
+/// another instance whatever the method. Stripped from what apps send.
+pub(crate) const MESH_NOT_PROCESSED: HeaderName = HeaderName::from_static("mesh-not-processed");
 /// W3C trace context.
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// gRPC's status code (in trailers, or in headers for a trailers-only response).

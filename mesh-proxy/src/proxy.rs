@@ -18,13 +18,15 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::balance::discovery::{self, Discovery};
 use crate::balance::{Balancer, NewClient};
-use crate::config::{Config, RegistrationSettings};
+use crate::config::{Config, InboundConfig, RegistrationSettings};
 use crate::endpoint::client::H2Client;
 use crate::endpoint::listen::{self, Listener};
 use crate::endpoint::transport::{Acceptor, Connector};
 use crate::identity::{self, CertifyClient, IdentityState};
+use crate::inbound::app::AppProbe;
 use crate::inbound::{self, Inbound};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PeerClient};
+use crate::telemetry::events::AppUnreachable;
 use crate::telemetry::export::{self, Flush};
 use crate::telemetry::runtime::task_monitor;
 use crate::telemetry::trace::{TraceSettings, Tracer};
@@ -225,13 +227,17 @@ impl Proxy {
 
         let registration = match (&config.inbound, &config.registration) {
             (Some(inbound), Some(settings)) => {
-                let record = record(&config, settings, identity.as_deref());
-                tokio::select! {
-                    registration = register_when_app_ready(inbound.app, record, &config, settings, etcd, registry_metrics) => {
-                        Some(registration)
-                    }
-                    _ = &mut shutdown => None,
-                }
+                let registrar = Registrar {
+                    app: *inbound,
+                    record: record(&config, settings, identity.as_deref()),
+                    layout: &config.layout,
+                    settings,
+                    etcd,
+                    metrics: registry_metrics,
+                    admin: &admin_state,
+                    telemetry: &telemetry,
+                };
+                registrar.keep_registered(shutdown.as_mut()).await
             }
             // Outbound only: nothing registers and nothing gates readiness but the listeners and
             // (with mTLS) the certificate, both already in hand here.
@@ -242,12 +248,6 @@ impl Proxy {
                 None
             }
         };
-        if let Some(registration) = &registration {
-            registration.registered().await;
-            admin_state.ready.store(true, Ordering::Release);
-            tracing::info!(key = registration.key(), "ready");
-            shutdown.await;
-        }
 
         tracing::info!("shutting down: deregistering");
         admin_state.ready.store(false, Ordering::Release);
@@ -287,7 +287,7 @@ fn outbound(
         Some(state) => Connector::mtls(settings.connect_timeout, state.clone(), telemetry.clone()),
         None => Connector::plaintext(settings.connect_timeout),
     };
-    let new_client: NewClient<H2Client> = Arc::new(move |record: &InstanceRecord| {
+    let new_client: NewClient<PeerClient> = Arc::new(move |record: &InstanceRecord| {
         H2Client::new(record.address.clone(), record.service.clone(), connector.clone(), settings.client)
     });
     let balancer_telemetry = telemetry.clone();
@@ -340,27 +340,92 @@ fn record(config: &Config, settings: &RegistrationSettings, identity: Option<&Id
     record
 }
 
-/// Waits until the local app answers, then registers this instance.
-async fn register_when_app_ready(
-    app: SocketAddr,
+/// How many app probes in a row must fail before the instance is taken out of the registry.
+const APP_PROBE_FAILURES: u32 = 2;
+
+/// Keeps this instance in the registry exactly while its app answers.
+struct Registrar<'a> {
+    app: InboundConfig,
     record: InstanceRecord,
-    config: &Config,
-    settings: &RegistrationSettings,
+    layout: &'a mesh_registry::Layout,
+    settings: &'a RegistrationSettings,
     etcd: etcd_client::Client,
     metrics: Arc<mesh_registry::Metrics>,
-) -> Registration {
-    let mut last_log = tokio::time::Instant::now() - Duration::from_secs(10);
-    loop {
-        match inbound::app::probe(app, Duration::from_secs(1)).await {
-            inbound::app::AppState::Ready => break,
-            inbound::app::AppState::NotReady(why) => {
-                if last_log.elapsed() >= Duration::from_secs(5) {
-                    tracing::info!(%app, %why, "waiting for the local app before registering");
-                    last_log = tokio::time::Instant::now();
+    admin: &'a AdminState,
+    telemetry: &'a Telemetry,
+}
+
+impl Registrar<'_> {
+    /// Registers once the app answers; when it stops answering, reports not ready and
+    /// deregisters (peers stop sending within the watch's propagation), and registers again when it
+    /// is back. Returns at shutdown with the registration in force, if any.
+    async fn keep_registered<S: Future<Output = ()>>(
+        self,
+        mut shutdown: std::pin::Pin<&mut S>,
+    ) -> Option<Registration> {
+        let mut probe = AppProbe::new(self.app.app);
+        loop {
+            tokio::select! {
+                () = self.app_answers(&mut probe) => {}
+                () = &mut shutdown => return None,
+            }
+            let registration = Registration::start(
+                self.etcd.clone(),
+                self.layout,
+                self.record.clone(),
+                self.settings.lease,
+                self.metrics.clone(),
+            );
+            tokio::select! {
+                () = registration.registered() => {}
+                () = &mut shutdown => return Some(registration),
+            }
+            self.admin.ready.store(true, Ordering::Release);
+            tracing::info!(key = registration.key(), "ready");
+            tokio::select! {
+                why = self.app_stops_answering(&mut probe) => {
+                    self.admin.ready.store(false, Ordering::Release);
+                    AppUnreachable { app: self.app.app, why: &why }.emit(self.telemetry);
+                    registration.deregister().await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                () = &mut shutdown => return Some(registration),
             }
         }
     }
-    Registration::start(etcd, &config.layout, record, settings.lease, metrics)
+
+    /// Resolves once the app answers a probe.
+    async fn app_answers(&self, probe: &mut AppProbe) {
+        let app = self.app.app;
+        let mut last_log = tokio::time::Instant::now() - Duration::from_secs(10);
+        loop {
+            match probe.probe(Duration::from_secs(1)).await {
+                inbound::app::AppState::Ready => return,
+                inbound::app::AppState::NotReady(why) => {
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        tracing::info!(%app, %why, "waiting for the local app before registering");
+                        last_log = tokio::time::Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Probes the app every interval; resolves with why once it failed [`APP_PROBE_FAILURES`]
+    /// probes in a row.
+    async fn app_stops_answering(&self, probe: &mut AppProbe) -> String {
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(self.app.probe_interval).await;
+            match probe.probe(Duration::from_secs(1)).await {
+                inbound::app::AppState::Ready => failures = 0,
+                inbound::app::AppState::NotReady(why) => {
+                    failures += 1;
+                    if failures >= APP_PROBE_FAILURES {
+                        return why;
+                    }
+                }
+            }
+        }
+    }
 }

@@ -117,6 +117,8 @@ pub struct EchoInstance {
     pub sidecar: Sidecar,
     /// The instance id (also what the app reports in replies).
     pub id: String,
+    /// Where the app listens.
+    pub app_addr: String,
 }
 
 impl EchoInstance {
@@ -130,7 +132,12 @@ impl EchoInstance {
         let app_addr = format!("127.0.0.1:{}", free_port());
         let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", id], &[]);
         let sidecar = Sidecar::start(etcd, service, id, &app_addr, sidecar_env);
-        Self { app, sidecar, id: id.to_string() }
+        Self { app, sidecar, id: id.to_string(), app_addr }
+    }
+
+    /// Starts the app again (after it was killed), on the same address.
+    pub fn restart_app(&mut self) {
+        self.app = Proc::start("mesh-demo", &["echo", "--listen", &self.app_addr, "--instance-id", &self.id], &[]);
     }
 
     /// Stops the instance the way an orchestrator should: the proxy first (it deregisters,

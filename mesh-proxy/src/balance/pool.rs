@@ -19,6 +19,9 @@ use super::ewma::PeakEwma;
 use crate::telemetry::Telemetry;
 use crate::telemetry::trace::EndpointTag;
 
+/// What a failure counts as in an endpoint's latency estimate.
+const FAILURE_COST: Duration = Duration::from_secs(1);
+
 /// Makes the client for a new endpoint (a connection to its address, or a test's fake).
 pub(crate) type NewClient<C> = Arc<dyn Fn(&InstanceRecord) -> C + Send + Sync>;
 
@@ -77,7 +80,15 @@ impl<C> Endpoint<C> {
     pub(crate) fn penalize(&self, decay: Duration) {
         let mut failing = self.state.failing.lock();
         failing.until = Some(Instant::now() + failing.backoff.next_delay());
-        self.state.load.lock().observe(Duration::from_secs(1), decay);
+        self.state.load.lock().observe(FAILURE_COST, decay);
+    }
+
+    /// The endpoint answered with a failure it made itself (its app unreachable, a call never
+    /// processed): the failure counts as a very slow response (failure accrual), so the endpoint
+    /// is avoided while it keeps failing, instead of looking fast because it fails fast. Unlike
+    /// [`Self::penalize`] it does not sit out: the connection works.
+    pub(crate) fn failed(&self, decay: Duration) {
+        self.state.load.lock().observe(FAILURE_COST, decay);
     }
 
     /// A response arrived `rtt` after the request was sent.

@@ -57,6 +57,10 @@ pub struct Args {
     /// How long a call waits for a ready endpoint before failing with UNAVAILABLE.
     #[arg(long = "fail-fast-timeout", env = "MESH_FAIL_FAST_TIMEOUT", default_value = "3s", value_parser = duration, value_name = "DURATION")]
     fail_fast_timeout: Duration,
+    /// How often the app of a registered instance is probed; after two failed probes in a row
+    /// the instance is deregistered (and registered again once the app answers).
+    #[arg(long = "app-probe-interval", env = "MESH_APP_PROBE_INTERVAL", default_value = "500ms", value_parser = duration_at_least(Duration::from_millis(50)), value_name = "DURATION")]
+    app_probe_interval: Duration,
     /// On shutdown, how long to wait after deregistering for peers to notice.
     #[arg(long = "deregister-wait", env = "MESH_DEREGISTER_WAIT", default_value = "2s", value_parser = duration, value_name = "DURATION")]
     deregister_wait: Duration,
@@ -210,6 +214,7 @@ impl Args {
                     app,
                     limits: limits(self.inbound_max_streams),
                     connect_timeout: self.connect_timeout,
+                    probe_interval: self.app_probe_interval,
                 };
                 let registration = RegistrationSettings {
                     advertise,

@@ -76,6 +76,8 @@ pub struct InboundConfig {
     pub limits: H2Limits,
     /// Bound on connecting to the app.
     pub connect_timeout: Duration,
+    /// How often a registered instance's app is probed (two failures in a row deregister it).
+    pub probe_interval: Duration,
 }
 
 /// This instance's registration.

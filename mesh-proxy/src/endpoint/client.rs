@@ -29,26 +29,31 @@ pub struct ClientSettings {
 
 /// Why a request could not be sent.
 #[derive(Debug)]
-pub(crate) enum SendError {
+pub(crate) enum SendError<B = RequestBody> {
     /// The request never reached the peer; here it is back, to send elsewhere.
-    NotSent(Box<Request<RequestBody>>, String),
+    NotSent(Box<Request<B>>, String),
     /// The request or its response failed on the wire.
     Failed(hyper::Error),
 }
 
-/// A lazily connected HTTP/2 client for one address.
+/// A lazily connected HTTP/2 client for one address, sending request bodies of type `B`.
 #[derive(Debug)]
-pub(crate) struct H2Client {
+pub(crate) struct H2Client<B = RequestBody> {
     addr: Address,
     /// The service this peer is an instance of (what its certificate must prove under mTLS).
     service: ServiceName,
     connector: Connector,
     settings: ClientSettings,
-    ready: Mutex<Option<SendRequest<RequestBody>>>,
+    ready: Mutex<Option<SendRequest<B>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
-impl H2Client {
+impl<B> H2Client<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     pub(crate) fn new(addr: Address, service: ServiceName, connector: Connector, settings: ClientSettings) -> Self {
         Self { addr, service, connector, settings, ready: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) }
     }
@@ -58,7 +63,7 @@ impl H2Client {
     }
 
     /// Sends `req` on the shared connection, connecting first if needed.
-    pub(crate) async fn send(&self, req: Request<RequestBody>) -> Result<Response<hyper::body::Incoming>, SendError> {
+    pub(crate) async fn send(&self, req: Request<B>) -> Result<Response<hyper::body::Incoming>, SendError<B>> {
         let mut sender = match self.current() {
             Some(sender) => sender,
             // Connecting (TCP, TLS, the HTTP/2 handshake) is rare and its future is large: boxed,
@@ -80,19 +85,19 @@ impl H2Client {
         }
     }
 
-    fn current(&self) -> Option<SendRequest<RequestBody>> {
+    fn current(&self) -> Option<SendRequest<B>> {
         let ready = self.ready.lock();
         ready.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn forget(&self, sender: &SendRequest<RequestBody>) {
+    fn forget(&self, sender: &SendRequest<B>) {
         let mut ready = self.ready.lock();
         if ready.as_ref().is_some_and(|s| s.is_closed() || sender.is_closed()) {
             *ready = None;
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, String> {
+    async fn connect(&self) -> Result<SendRequest<B>, String> {
         // One connection attempt at a time; whoever waited finds the result.
         let _connecting = self.connecting.lock().await;
         if let Some(sender) = self.current() {

@@ -12,13 +12,13 @@ pub(crate) mod authz;
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use mesh_registry::ServiceName;
 
 use crate::endpoint::client::{H2Client, SendError};
 use crate::endpoint::transport::PeerInfo;
-use crate::headers::{CLIENT_SERVICE, is_grpc, strip_hop_by_hop};
+use crate::headers::{CLIENT_SERVICE, MESH_NOT_PROCESSED, is_grpc, strip_hop_by_hop};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
 use crate::telemetry::trace::{SpanKind, Tracer};
@@ -72,17 +72,24 @@ impl Inbound {
         }
 
         let req = req.map(|body| RequestBody::new(body, &recorder));
-        let cause = match self.app.send(req).await {
+        let (cause, processed) = match self.app.send(req).await {
             Ok(response) => {
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
+                // Only this proxy says whether its app saw a call.
+                parts.headers.remove(MESH_NOT_PROCESSED);
                 let body = ResponseBody::observed(body, &parts.headers, recorder, ());
                 return Response::from_parts(parts, body);
             }
-            Err(SendError::NotSent(_, cause)) => cause,
-            Err(SendError::Failed(error)) => error.to_string(),
+            Err(SendError::NotSent(_, cause)) => (cause, false),
+            Err(SendError::Failed(error)) => (error.to_string(), true),
         };
         let error = ProxyError::AppUnavailable { addr: self.app.addr().to_string(), cause };
         tracing::warn!(%error, trace_id = recorder.trace_id().unwrap_or_default(), "inbound call failed in the proxy");
-        error.respond(grpc, recorder)
+        let mut response = error.respond(grpc, recorder);
+        if !processed {
+            // The app never saw it: the caller's proxy may send it elsewhere, whatever the method.
+            response.headers_mut().insert(MESH_NOT_PROCESSED, HeaderValue::from_static("1"));
+        }
+        response
     }
 }

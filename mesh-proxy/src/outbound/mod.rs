@@ -26,16 +26,22 @@ use crate::endpoint::client::H2Client;
 use crate::headers::{CLIENT_SERVICE, is_grpc, strip_hop_by_hop};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
+use crate::http::replay::ReplayBody;
 use crate::telemetry::trace::{SpanKind, Tracer};
 use crate::telemetry::{Direction, Recorder, Telemetry};
 
+/// A request body on its way to a peer: replayable, so a call that was not processed can go to
+/// another endpoint.
+pub(crate) type PeerBody = ReplayBody<RequestBody>;
+/// The connection to a peer's proxy.
+pub(crate) type PeerClient = H2Client<PeerBody>;
 /// The outbound response body: holds the call's place in its endpoint's in-flight count.
-pub(crate) type OutboundBody = ResponseBody<InFlight<H2Client>>;
+pub(crate) type OutboundBody = ResponseBody<InFlight<PeerClient>>;
 
 /// The outbound side of the proxy.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    pub(crate) discovery: Arc<Discovery<H2Client>>,
+    pub(crate) discovery: Arc<Discovery<PeerClient>>,
     pub(crate) telemetry: Arc<Telemetry>,
     /// Present when spans are exported.
     pub(crate) tracer: Option<Arc<Tracer>>,

@@ -292,3 +292,16 @@ impl Telemetry {
         self.families.spans_unsampled.clone()
     }
 }
+
+/// The local app stopped answering: the instance is deregistered until it answers again.
+pub(crate) struct AppUnreachable<'a> {
+    pub(crate) app: SocketAddr,
+    pub(crate) why: &'a str,
+}
+
+impl AppUnreachable<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.app_unreachable.inc();
+        tracing::warn!(app = %self.app, why = %self.why, "the local app stopped answering: deregistering until it is back");
+    }
+}

@@ -43,6 +43,7 @@ pub(super) struct Families {
     pub(super) telemetry_exported: IntCounterVec,
     pub(super) telemetry_dropped: IntCounterVec,
     pub(super) spans_unsampled: IntCounter,
+    pub(super) app_unreachable: IntCounter,
 }
 
 impl Families {
@@ -136,6 +137,10 @@ impl Families {
             spans_unsampled: d.counter(
                 "mesh_spans_unsampled_total",
                 "Finished spans not exported: not sampled, and neither failed nor slow.",
+            )?,
+            app_unreachable: d.counter(
+                "mesh_app_unreachable_total",
+                "Times the local app stopped answering probes and the instance was deregistered until it answered again.",
             )?,
         })
     }
