@@ -11,7 +11,7 @@ use mesh_tests::eventually;
 use mesh_tests::mesh::metric_sum;
 use mesh_tests::telemetry::ExportingMesh;
 
-const OK_CALLS: usize = 150;
+const OK_CALLS: usize = 100;
 const FAILED_CALLS: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +22,7 @@ async fn prometheus_sees_the_exact_traffic_its_success_rate_and_latency() {
 
     let mut echo = client.echo_client("echo").await;
     for _ in 0..OK_CALLS {
-        echo.unary(EchoRequest { payload: vec![1; 64], delay_ms: 20, ..Default::default() }).await.unwrap();
+        echo.unary(EchoRequest { payload: vec![1; 64], delay_ms: 60, ..Default::default() }).await.unwrap();
     }
     for _ in 0..FAILED_CALLS {
         let failed = echo.unary(EchoRequest { fail_code: 5, ..Default::default() }).await.unwrap_err();
@@ -58,13 +58,14 @@ async fn prometheus_sees_the_exact_traffic_its_success_rate_and_latency() {
     let success = prometheus.value(&format!("sum({ok}) / sum({outbound})")).await.unwrap();
     assert_eq!(success, OK_CALLS as f64 / (OK_CALLS + FAILED_CALLS) as f64);
 
-    // Latency: each OK call waited 20 ms in the app, so its median sits in the 10-25 ms bucket,
+    // Latency: each OK call waited 60 ms in the app, so its median sits in the 50-100 ms bucket
+    // (the app's wait is the floor; two debug-built proxies add a few ms, far from the ceiling),
     // through the rate of the last minute as a dashboard asks.
     let buckets = r#"mesh_request_duration_seconds_bucket{direction="outbound",service="client",dst_service="echo",grpc_status="OK"}"#;
     let p50 = prometheus.value(&format!("histogram_quantile(0.5, sum by (le) (rate({buckets}[1m])))")).await.unwrap();
     let p99 = prometheus.value(&format!("histogram_quantile(0.99, sum by (le) (rate({buckets}[1m])))")).await.unwrap();
-    assert!((0.01..=0.025).contains(&p50), "p50 {p50}");
-    assert!((p50..=0.1).contains(&p99), "p99 {p99}");
+    assert!((0.05..=0.1).contains(&p50), "p50 {p50}");
+    assert!((p50..=0.25).contains(&p99), "p99 {p99}");
 
     // The proxies' own health and the collector's arrive too.
     assert!(prometheus.value(r#"sum(process_resident_memory_bytes{service="echo"})"#).await.unwrap() > 0.0);
@@ -75,7 +76,7 @@ async fn prometheus_sees_the_exact_traffic_its_success_rate_and_latency() {
             .value(r#"sum(mesh_balancer_picks_total{service="client",dst_service="echo",endpoint="echo-1"})"#)
             .await
             .unwrap()
-            >= 200.0
+            >= (OK_CALLS + FAILED_CALLS) as f64
     );
     assert!(prometheus.value(r#"mesh_collector_received_total{signal="metric_points"}"#).await.unwrap() > 0.0);
     assert!(
