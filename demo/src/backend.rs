@@ -37,6 +37,7 @@ struct BackendService {
 #[tonic::async_trait]
 impl Backend for BackendService {
     async fn greet(&self, request: Request<GreetRequest>) -> Result<Response<GreetReply>, Status> {
+        let started = std::time::Instant::now();
         let (metadata, _, greet) = request.into_parts();
         let name = greet.name;
         if name.len() > 256 {
@@ -46,7 +47,7 @@ impl Backend for BackendService {
             let record = EchoRequest { payload: name.clone().into_bytes(), ..Default::default() };
             store
                 .clone()
-                .unary(crate::propagate::propagate(&metadata, Request::new(record)))
+                .unary(crate::propagate::propagate(&metadata, started, Request::new(record)))
                 .await
                 .map_err(|s| Status::new(s.code(), format!("store: {}", s.message())))?;
         }

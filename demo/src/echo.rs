@@ -92,7 +92,11 @@ impl EchoService {
         if req.fail_code != 0 {
             // The failure carries the `x-echo-*` metadata too: in the headers of a trailers-only
             // response, or in the trailers after a stream's messages.
-            return Err(Status::with_metadata(Code::from(req.fail_code), req.fail_message.clone(), echoed(metadata)));
+            let mut metadata = echoed(metadata);
+            if let Some(Ok(pushback)) = (!req.pushback_ms.is_empty()).then(|| req.pushback_ms.parse()) {
+                metadata.insert("grpc-retry-pushback-ms", pushback);
+            }
+            return Err(Status::with_metadata(Code::from(req.fail_code), req.fail_message.clone(), metadata));
         }
         let payload = match req.reply_size {
             0 => req.payload.clone(),
@@ -139,14 +143,29 @@ async fn delay(ms: u32) {
 #[tonic::async_trait]
 impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let started = std::time::Instant::now();
         let guard = CallGuard::new(&self.counters);
         let req = request.get_ref();
+        // In a chain, the last link waits `delay_ms`; each link's reply carries what the next
+        // one saw, under `next/`.
+        let mut next_seen = Vec::new();
         if let Some(next) = &self.next {
-            let call = crate::propagate::propagate(request.metadata(), Request::new(req.clone()));
-            next.clone().unary(call).await.map_err(|s| Status::new(s.code(), format!("next hop: {}", s.message())))?;
+            let call = crate::propagate::propagate(request.metadata(), started, Request::new(req.clone()));
+            let reply = next
+                .clone()
+                .unary(call)
+                .await
+                .map_err(|s| Status::new(s.code(), format!("next hop: {}", s.message())))?;
+            next_seen = reply.into_inner().metadata.into_iter().map(|(k, v)| (format!("next/{k}"), v)).collect();
+        } else {
+            delay(req.delay_ms).await;
         }
-        delay(req.delay_ms).await;
-        let reply = self.reply(req, request.metadata(), 0);
+        let reply = self.reply(req, request.metadata(), 0).map(|mut reply| {
+            if self.echo_metadata {
+                reply.metadata.extend(next_seen);
+            }
+            reply
+        });
         guard.finish();
         Ok(with_metadata(reply?, request.metadata()))
     }

@@ -38,8 +38,9 @@ struct FrontendService {
 #[tonic::async_trait]
 impl Frontend for FrontendService {
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let started = std::time::Instant::now();
         let (metadata, _, hello) = request.into_parts();
-        let call = crate::propagate::propagate(&metadata, Request::new(GreetRequest { name: hello.name }));
+        let call = crate::propagate::propagate(&metadata, started, Request::new(GreetRequest { name: hello.name }));
         let reply = self
             .backend
             .clone()

@@ -1,18 +1,64 @@
-//! Trace context propagation, the one thing a meshed app must do for traces to join up across
-//! services: copy the W3C headers (`traceparent`, `tracestate`) from the call being served onto
-//! the calls it makes. The proxies do the rest.
+//! What a meshed app passes on from the call it serves to the calls it makes: the trace context
+//! (W3C `traceparent`, `tracestate`), so traces join up across services, and the deadline
+//! (`grpc-timeout`, less the time already spent), so a chain never works past its caller's
+//! patience. The proxies do the rest.
+
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 
 /// The headers that carry trace context.
 const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
-/// `outgoing`, with the trace context of the call being served (`incoming`).
-pub(crate) fn propagate<T>(incoming: &MetadataMap, mut outgoing: tonic::Request<T>) -> tonic::Request<T> {
+/// `outgoing`, with the trace context and the remaining deadline of the call being served
+/// (`incoming`, received at `started`).
+pub(crate) fn propagate<T>(
+    incoming: &MetadataMap,
+    started: Instant,
+    mut outgoing: tonic::Request<T>,
+) -> tonic::Request<T> {
     for name in TRACE_HEADERS {
         if let Some(value) = incoming.get(name) {
             outgoing.metadata_mut().insert(name, value.clone());
         }
     }
+    if let Some(timeout) = incoming.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout) {
+        outgoing.set_timeout(timeout.saturating_sub(started.elapsed()));
+    }
     outgoing
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H M S m u n).
+fn parse_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_goes_on_less_what_was_spent() {
+        let mut incoming = MetadataMap::new();
+        incoming.insert("grpc-timeout", "100m".parse().unwrap_or_else(|_| unreachable!()));
+        incoming.insert("traceparent", "00-x".parse().unwrap_or_else(|_| unreachable!()));
+        let started = Instant::now() - Duration::from_millis(30);
+        let out = propagate(&incoming, started, tonic::Request::new(()));
+        assert!(out.metadata().contains_key("traceparent"));
+        let sent = out.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
+        assert!(sent.is_some_and(|t| t <= Duration::from_millis(70) && t > Duration::from_millis(50)), "{sent:?}");
+        assert_eq!(parse_timeout("5x"), None);
+        assert_eq!(parse_timeout(""), None);
+        assert_eq!(parse_timeout("123456789S"), None);
+    }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
 
 /// The header in which an outbound proxy names the calling service for the inbound proxy. Under
 /// mutual TLS the caller's verified identity is used instead; without it, this is informational.
@@ -27,6 +27,8 @@ pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status"
 pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC's deadline.
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// A server's word on retries: wait this many milliseconds first, or (negative) do not retry.
+pub(crate) const GRPC_RETRY_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// Whether a request is gRPC (so errors are answered as gRPC statuses).
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -53,6 +55,44 @@ pub(crate) fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// `grpc-timeout` for `left`, in the finest unit that fits its 8 digits (rounded down, so a
+/// forwarded deadline never grows).
+pub(crate) fn encode_grpc_timeout(left: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let value = [(left.as_nanos(), 'n'), (left.as_micros(), 'u'), (left.as_millis(), 'm')]
+        .into_iter()
+        .chain([(u128::from(left.as_secs()), 'S'), (u128::from(left.as_secs() / 60), 'M')])
+        .find(|(n, _)| *n <= MAX)
+        .map_or_else(|| format!("{}H", (left.as_secs() / 3600).min(99_999_999)), |(n, unit)| format!("{n}{unit}"));
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+}
+
+/// The gRPC status of a trailers-only response (the status in the headers: nothing was sent
+/// yet, so the call can still be sent again).
+pub(crate) fn trailers_only_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
+/// What a response says about retrying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushback {
+    /// Nothing: the caller's own backoff applies.
+    None,
+    /// Wait this long first.
+    After(Duration),
+    /// Do not retry (a negative or malformed value).
+    Stop,
+}
+
+/// The response's `grpc-retry-pushback-ms`.
+pub(crate) fn pushback(headers: &HeaderMap) -> Pushback {
+    let Some(value) = headers.get(GRPC_RETRY_PUSHBACK) else { return Pushback::None };
+    match value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+        Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms.unsigned_abs())),
+        _ => Pushback::Stop,
+    }
 }
 
 /// Removes connection-specific headers and any `te` other than `trailers`.
@@ -110,5 +150,37 @@ mod tests {
         assert_eq!(with("5x"), None);
         assert_eq!(with("S"), None);
         assert_eq!(with("1234567890S"), None);
+    }
+
+    #[test]
+    fn forwarded_timeouts_round_trip_in_the_finest_unit_that_fits() {
+        let back = |d: Duration| {
+            let v = encode_grpc_timeout(d);
+            let req = Request::builder().header("grpc-timeout", v.clone()).body(()).unwrap_or_else(|e| panic!("{e}"));
+            (v.to_str().unwrap_or_default().to_string(), grpc_timeout(&req))
+        };
+        assert_eq!(
+            back(Duration::from_nanos(99_123_456)),
+            ("99123456n".into(), Some(Duration::from_nanos(99_123_456)))
+        );
+        assert_eq!(back(Duration::from_micros(98_765_432)).0, "98765432u");
+        let (v, d) = back(Duration::from_millis(2_500_000));
+        assert_eq!(v, "2500000m");
+        assert_eq!(d, Some(Duration::from_millis(2_500_000)));
+        assert_eq!(back(Duration::from_secs(200_000_000)).0, "3333333M");
+        assert_eq!(back(Duration::ZERO).0, "0n");
+    }
+
+    #[test]
+    fn pushback_says_wait_or_stop() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_RETRY_PUSHBACK, v.parse().unwrap_or_else(|_| unreachable!()));
+            pushback(&h)
+        };
+        assert_eq!(pushback(&HeaderMap::new()), Pushback::None);
+        assert_eq!(with("250"), Pushback::After(Duration::from_millis(250)));
+        assert_eq!(with("-1"), Pushback::Stop);
+        assert_eq!(with("soon"), Pushback::Stop);
     }
 }

@@ -300,6 +300,7 @@ fn outbound(
         tracer,
         local: config.service.clone(),
         fail_fast: settings.fail_fast_timeout,
+        policies: crate::outbound::policy::Policies::follow(etcd.clone(), config.layout.clone(), telemetry.clone()),
     })
 }
 

@@ -8,6 +8,7 @@ use mesh_common::cli::parse_or_exit;
 use mesh_registry::ServiceName;
 use mesh_registry::cli::EtcdArgs;
 
+mod apply;
 mod check;
 mod endpoints;
 mod identity;
@@ -66,6 +67,31 @@ enum Command {
     /// Validate, apply and inspect authorization policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Check a service policy file (timeouts, retries, retry budget) without applying it. Needs
+    /// no etcd.
+    Validate {
+        /// The document (JSON; schema in docs/policy.schema.json).
+        #[arg(long, short = 'f')]
+        file: std::path::PathBuf,
+    },
+    /// Check and store a service policy; callers' proxies follow it within a second.
+    Apply {
+        /// The destination service the policy is for.
+        service: ServiceName,
+        /// The document (JSON).
+        #[arg(long, short = 'f')]
+        file: std::path::PathBuf,
+    },
+    /// Show a service's policy.
+    Show {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Remove a service's policy (the built-in defaults apply again).
+    Remove {
+        /// The service.
+        service: ServiceName,
+    },
     /// Probe an endpoint (for container healthchecks): `http://host:port/path` must answer 2xx,
     /// `tcp://host:port` must accept a connection. Needs no etcd.
     Probe {
@@ -92,6 +118,8 @@ enum Error {
     Token(#[from] mesh_registry::tokens::TokenError),
     #[error("{0}")]
     Policy(#[from] policy::PolicyCmdError),
+    #[error("{0}")]
+    Apply(#[from] apply::ApplyError),
     #[error("{0}")]
     Identity(#[from] identity::IdentityCmdError),
     #[error("{0}")]
@@ -142,9 +170,11 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    // A probe needs no etcd.
-    if let Command::Probe { target, timeout } = &cli.command {
-        return Ok(probe::run(target, *timeout).await?);
+    // A probe and a validation need no etcd.
+    match &cli.command {
+        Command::Probe { target, timeout } => return Ok(probe::run(target, *timeout).await?),
+        Command::Validate { file } => return Ok(apply::validate(file)?),
+        _ => {}
     }
     let config = cli.etcd.config();
     let mut client = config.connect().await?;
@@ -161,7 +191,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Identity { admin, warn_within } => show_identity(&admin, warn_within, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
         Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
-        Command::Probe { .. } => unreachable!("handled before connecting"),
+        Command::Apply { service, file } => Ok(apply::apply(&mut client, layout, &service, &file).await?),
+        Command::Show { service } => Ok(apply::show(&mut client, layout, &service, cli.output).await?),
+        Command::Remove { service } => Ok(apply::remove(&mut client, layout, &service).await?),
+        Command::Probe { .. } | Command::Validate { .. } => unreachable!("handled before connecting"),
     }
 }
 

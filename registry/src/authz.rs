@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::method_matches;
 use crate::identity::Identity;
 use crate::layout::Layout;
 use crate::name::ServiceName;
@@ -68,10 +69,7 @@ pub struct PolicyError(pub String);
 impl Policy {
     /// Parses and checks a policy document (JSON).
     pub fn parse(bytes: &[u8]) -> Result<Self, PolicyError> {
-        if bytes.len() > MAX_POLICY_BYTES {
-            return Err(PolicyError(format!("{} bytes, over the {MAX_POLICY_BYTES}-byte limit", bytes.len())));
-        }
-        let policy: Self = serde_json::from_slice(bytes).map_err(|e| PolicyError(e.to_string()))?;
+        let policy: Self = crate::document::decode(bytes, MAX_POLICY_BYTES).map_err(PolicyError)?;
         policy.validate()?;
         Ok(policy)
     }
@@ -111,14 +109,6 @@ fn valid_method_pattern(p: &str) -> bool {
     let Some((service, method)) = rest.split_once('/') else { return false };
     let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
     ident(service) && (method == "*" || ident(method))
-}
-
-fn method_matches(pattern: &str, path: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        _ if pattern == "*" => true,
-        Some(prefix) => path.starts_with(prefix),
-        None => pattern == path,
-    }
 }
 
 /// The outcome of an authorization check.

@@ -17,7 +17,8 @@
 //!   [`list`]: a one-shot consistent listing for tools.
 //! - [`identity`]: SPIFFE service identities; [`tokens`]: join tokens that bind a service name,
 //!   created by operators and verified by the certificate authority.
-//! - [`authz`]: authorization policies and their evaluation; [`watch_prefix`]: a live copy of
+//! - [`authz`]: authorization policies and their evaluation; [`policy`]: service policy
+//!   documents (timeouts, retries, the retry budget) callers' proxies follow; [`watch_prefix`]: a live copy of
 //!   any prefix's raw values (policies).
 //! - [`etcd`]: connection settings; [`metrics`]: counters for all of the above.
 //!
@@ -28,12 +29,14 @@ pub mod authz;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod discover;
+mod document;
 pub mod etcd;
 pub mod identity;
 pub mod layout;
 pub mod list;
 pub mod metrics;
 pub mod name;
+pub mod policy;
 pub mod record;
 pub mod register;
 pub mod tokens;

@@ -149,6 +149,16 @@ impl EchoInstance {
     }
 }
 
+/// `n` instances of service `service` (`<service>-1` ...), each ready.
+pub async fn echo_instances(etcd: &str, service: &str, n: usize) -> Vec<EchoInstance> {
+    let instances: Vec<EchoInstance> =
+        (1..=n).map(|i| EchoInstance::start(etcd, service, &format!("{service}-{i}"))).collect();
+    for instance in &instances {
+        instance.sidecar.ready().await;
+    }
+    instances
+}
+
 /// A client-side sidecar: a proxy whose own app is never called (its outbound side is what the
 /// test uses). Registers as service `client`.
 pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {

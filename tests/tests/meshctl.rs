@@ -101,3 +101,33 @@ async fn probe_checks_http_and_tcp_health_for_container_healthchecks() {
     assert_eq!(code, 1);
     assert!(err.contains("http://host:port/path or tcp://host:port"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_service_policy_is_refused_with_its_line_and_never_stored() {
+    let etcd = Etcd::start().await;
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"version\": \"v1\",\n \"methods\": [\n  {\"match\": \"*\", \"max_atempts\": 2}\n ]\n}\n")
+        .unwrap();
+    let bad = bad.to_str().unwrap();
+    let (code, _, err) = run("meshctl", &["validate", "-f", bad]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field `max_atempts`") && err.contains("line 3"), "{err}");
+    let (code, _, err) = run("meshctl", &["--etcd-endpoints", &ep, "apply", "echo", "-f", bad]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run("meshctl", &["--etcd-endpoints", &ep, "show", "echo"]);
+    assert_eq!(code, 1, "nothing was stored: {err}");
+    assert!(err.contains("built-in defaults"), "{err}");
+
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"version":"v1","defaults":{"timeout_ms":500}}"#).unwrap();
+    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &ep, "apply", "echo", "-f", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "-o", "json", "show", "echo"]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["defaults"]["timeout_ms"], 500);
+    let (code, _, _) = run("meshctl", &["--etcd-endpoints", &ep, "remove", "echo"]);
+    assert_eq!(code, 0);
+}

@@ -14,21 +14,14 @@ use std::time::{Duration, Instant};
 use mesh_tests::etcd::Etcd;
 use mesh_tests::eventually;
 use mesh_tests::load::{Load, failures};
-use mesh_tests::mesh::{EchoInstance, admin_get, client_sidecar, metric_sum};
+use mesh_tests::mesh::{admin_get, client_sidecar, echo_instances, metric_sum};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_app_costs_no_call_and_leaves_every_balancer_within_2s() {
     let etcd = Etcd::start().await;
-    let mut instances: Vec<EchoInstance> =
-        (1..=3).map(|i| EchoInstance::start(&etcd.endpoint(), "echo", &format!("echo-{i}"))).collect();
-    for instance in &instances {
-        instance.sidecar.ready().await;
-    }
+    let mut instances = echo_instances(&etcd.endpoint(), "echo", 3).await;
     let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
     let endpoints = || async { metric_sum(&client.metrics().await, r#"mesh_endpoints{dst_service="echo"}"#) };
-    // Discovery of a service starts with its first call.
-    let mut echo = client.echo_client("echo").await;
-    echo.unary(mesh_proto::demo::v1::EchoRequest::default()).await.unwrap();
     // Discovery of a service starts with its first call.
     let mut echo = client.echo_client("echo").await;
     echo.unary(mesh_proto::demo::v1::EchoRequest::default()).await.unwrap();

@@ -44,6 +44,31 @@ impl PeakEwma {
     }
 }
 
+/// How long a fastest response counts.
+const FASTEST_WINDOW: Duration = Duration::from_secs(10);
+
+/// The fastest response of about the last 10 s: what a call's remaining deadline must at least
+/// cover for sending it to be worth anything.
+#[derive(Debug, Default)]
+pub(crate) struct RecentFastest {
+    sample: Option<(Duration, Instant)>,
+}
+
+impl RecentFastest {
+    /// A response took `rtt`.
+    pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
+        match self.sample {
+            Some((fastest, at)) if rtt > fastest && now.saturating_duration_since(at) < FASTEST_WINDOW => {}
+            _ => self.sample = Some((rtt, now)),
+        }
+    }
+
+    /// The fastest recent response, if there was one lately.
+    pub(crate) fn get(&self, now: Instant) -> Option<Duration> {
+        self.sample.filter(|(_, at)| now.saturating_duration_since(*at) < FASTEST_WINDOW).map(|(rtt, _)| rtt)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +77,22 @@ mod tests {
 
     fn ms(ns: f64) -> f64 {
         ns / 1e6
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fastest_response_counts_for_ten_seconds() {
+        let mut f = RecentFastest::default();
+        assert_eq!(f.get(Instant::now()), None);
+        f.observe(Duration::from_millis(8), Instant::now());
+        f.observe(Duration::from_millis(50), Instant::now());
+        f.observe(Duration::from_millis(5), Instant::now());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        f.observe(Duration::from_millis(40), Instant::now());
+        assert_eq!(f.get(Instant::now()), Some(Duration::from_millis(5)), "slower samples do not replace it");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(f.get(Instant::now()), None, "too old to say anything");
+        f.observe(Duration::from_millis(40), Instant::now());
+        assert_eq!(f.get(Instant::now()), Some(Duration::from_millis(40)), "a new window starts");
     }
 
     #[tokio::test(start_paused = true)]

@@ -130,6 +130,15 @@ impl<C> Balancer<C> {
         }
     }
 
+    /// The fastest recent response among the endpoints a call could go to, if every one of them
+    /// answered lately (an endpoint without samples might be faster, so nothing is claimed).
+    pub(crate) fn fastest(&self, now: Instant) -> Option<Duration> {
+        let endpoints = self.endpoints.read().clone();
+        let mut eligible = endpoints.iter().filter(|e| e.record.weight > 0 && !e.is_failing(now)).peekable();
+        eligible.peek()?;
+        eligible.map(|e| e.fastest(now)).try_fold(Duration::MAX, |min, f| f.map(|f| min.min(f)))
+    }
+
     /// Endpoints known.
     pub(crate) fn len(&self) -> usize {
         self.endpoints.read().len()

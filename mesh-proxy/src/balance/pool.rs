@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
-use super::ewma::PeakEwma;
+use super::ewma::{PeakEwma, RecentFastest};
 use crate::telemetry::Telemetry;
 use crate::telemetry::trace::EndpointTag;
 
@@ -30,6 +30,7 @@ pub(crate) type NewClient<C> = Arc<dyn Fn(&InstanceRecord) -> C + Send + Sync>;
 struct State<C> {
     client: C,
     load: Mutex<PeakEwma>,
+    fastest: Mutex<RecentFastest>,
     in_flight: AtomicUsize,
     failing: Mutex<Failing>,
     /// This endpoint's `mesh_balancer_picks_total` series, resolved once.
@@ -91,8 +92,14 @@ impl<C> Endpoint<C> {
         self.state.load.lock().observe(FAILURE_COST, decay);
     }
 
+    /// Its fastest response of about the last 10 s.
+    pub(crate) fn fastest(&self, now: Instant) -> Option<Duration> {
+        self.state.fastest.lock().get(now)
+    }
+
     /// A response arrived `rtt` after the request was sent.
     pub(crate) fn observe(&self, rtt: Duration, decay: Duration) {
+        self.state.fastest.lock().observe(rtt, Instant::now());
         {
             let mut failing = self.state.failing.lock();
             failing.backoff.reset();
@@ -203,6 +210,7 @@ impl<C> Pool<C> {
             state: Arc::new(State {
                 client: (self.new_client)(record),
                 load: Mutex::new(PeakEwma::new(self.default_rtt)),
+                fastest: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
                 failing: Mutex::new(Failing {
                     backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),

@@ -31,8 +31,16 @@ pub(crate) enum ProxyError {
     DiscoveryUnavailable(String),
     /// The caller's `grpc-timeout` ran out while the proxy waited (for an endpoint, or for the
     /// response headers).
-    #[error("mesh: deadline exceeded waiting for {waiting_for} of {service:?}")]
-    DeadlineExceeded { service: String, waiting_for: &'static str },
+    #[error("mesh: deadline exceeded waiting for {waiting_for} of {service:?} (after {tries} tries)")]
+    DeadlineExceeded { service: String, waiting_for: &'static str, tries: u32 },
+    #[error(
+        "mesh: deadline exceeded: {left:?} left for {service:?} after {tries} tries, less than its fastest endpoint's recent {fastest:?}; not sent"
+    )]
+    DeadlineTooShort { service: String, left: std::time::Duration, fastest: std::time::Duration, tries: u32 },
+    #[error(
+        "mesh: {service:?} instance {instance} sent no response within the per-try timeout of {timeout:?} (try {tries}; {why})"
+    )]
+    PerTryTimeout { service: String, instance: String, timeout: std::time::Duration, tries: u32, why: &'static str },
     /// The chosen endpoint failed after the request was sent.
     #[error("mesh: upstream {service:?} instance {instance} at {addr} failed: {cause}")]
     UpstreamFailed { service: String, instance: String, addr: String, cause: String },
@@ -55,7 +63,8 @@ impl ProxyError {
             Self::NoEndpoints(_) => ErrorReason::NoEndpoints,
             Self::NoReadyEndpoint { .. } => ErrorReason::NoReadyEndpoint,
             Self::DiscoveryUnavailable(_) => ErrorReason::DiscoveryUnavailable,
-            Self::DeadlineExceeded { .. } => ErrorReason::DeadlineExceeded,
+            Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } => ErrorReason::DeadlineExceeded,
+            Self::PerTryTimeout { .. } => ErrorReason::PerTryTimeout,
             Self::UpstreamFailed { .. } => ErrorReason::UpstreamFailed,
             Self::AppUnavailable { .. } => ErrorReason::AppUnavailable,
             Self::TooManyServices(_) => ErrorReason::TooManyServices,
@@ -67,7 +76,9 @@ impl ProxyError {
     pub(crate) fn code(&self) -> Code {
         match self {
             Self::BadAuthority(_) => Code::InvalidArgument,
-            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } | Self::PerTryTimeout { .. } => {
+                Code::DeadlineExceeded
+            }
             Self::TooManyServices(_) => Code::ResourceExhausted,
             Self::NotAuthorized(_) => Code::PermissionDenied,
             _ => Code::Unavailable,
@@ -133,7 +144,7 @@ mod tests {
         assert!(message.contains("orders"), "{message}");
         assert!(http_body::Body::is_end_stream(resp.body()));
 
-        let resp = ProxyError::DeadlineExceeded { service: "orders".into(), waiting_for: "an endpoint" }
+        let resp = ProxyError::DeadlineExceeded { service: "orders".into(), waiting_for: "an endpoint", tries: 0 }
             .into_response::<()>(false);
         assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     }

@@ -331,11 +331,12 @@ mod tests {
         let gaps = gaps(&asked.lock(), started);
         // 70 % of an hour (2520 s) after each success; after a failure 1 s, 2 s, 4 s (less up to
         // half, jitter), then back to the schedule.
-        assert_eq!(&gaps[..3], [2520, 2520, 2520], "{gaps:?}");
+        // (A second less when the wall clock ticks over while a certificate is made.)
+        assert!(gaps[..3].iter().all(|g| (2519..=2520).contains(g)), "{gaps:?}");
         assert!(gaps[3] <= 1, "first retry within 1 s: {gaps:?}");
         assert!((1..=2).contains(&gaps[4]), "second within 2 s: {gaps:?}");
         assert!((2..=4).contains(&gaps[5]), "third within 4 s: {gaps:?}");
-        assert_eq!(gaps[6], 2520, "back on the schedule after a success: {gaps:?}");
+        assert!((2519..=2520).contains(&gaps[6]), "back on the schedule after a success: {gaps:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,33 +1,48 @@
-//! One outbound call on its way to a service: its deadline, and its attempts.
+//! One outbound call on its way to a service: its deadline, its attempts, and its retries.
 //!
-//! A call is offered to up to 3 endpoints when it was not processed: it never left (the connection
-//! could not be opened, or closed before the request was written), or the endpoint's proxy says
-//! its app never received it (`mesh-not-processed`, e.g. the app is dead). Either is safe to send
-//! elsewhere whatever the method; the request body is kept for that while it fits the replay
-//! buffer (64 KiB). The caller's `grpc-timeout` bounds the wait for an endpoint and for the
-//! response headers. An endpoint that fails this way costs more in the balancer (failure
-//! accrual) instead of looking fast because it fails fast. This is where routes, status-based
-//! retries, timeouts and mirrors will sit.
+//! ```text
+//! deadline = caller's grpc-timeout, else the policy's timeout_ms (none by default)
+//! each attempt:
+//!   left < fastest endpoint's recent response?   -> DEADLINE_EXCEEDED at once, not sent
+//!   pick an endpoint (waits up to the fail-fast timeout, never past the deadline)
+//!   send with grpc-timeout = what is left, waiting up to the per-try timeout
+//!   never reached an app (not sent; mesh-not-processed)  -> another endpoint, any method, free
+//!   idempotent, and a retry_on status / per-try timeout / failed connection
+//!       -> another attempt after a jittered backoff (or the server's pushback), if the
+//!          attempts, the deadline, the replay buffer and the service's retry budget allow
+//! ```
+//!
+//! The request body is kept for another attempt while it fits the replay buffer (64 KiB); a
+//! larger one is never sent twice. Only trailers-only answers (the status in the headers) are
+//! retried: once a response has started it belongs to the caller. An endpoint that fails costs
+//! more in the balancer (failure accrual) instead of looking fast because it fails fast.
+//! Retries happen here, on the caller's side of a hop only; the inbound side never retries.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use mesh_registry::ServiceName;
+use mesh_registry::policy::{MethodSettings, RetryBudget};
 use tokio::time::Instant;
 
+use super::budget::{self, Budget};
 use super::{OutboundBody, PeerBody, PeerClient, fail};
 use crate::balance::{Balancer, Empty};
 use crate::endpoint::client::SendError;
-use crate::headers::{GRPC_STATUS, MESH_ERROR, MESH_NOT_PROCESSED, grpc_timeout};
+use crate::headers::{
+    GRPC_STATUS, GRPC_TIMEOUT, MESH_ERROR, MESH_NOT_PROCESSED, Pushback, encode_grpc_timeout, grpc_timeout, pushback,
+    trailers_only_status,
+};
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, ReplayBody};
-use crate::telemetry::events::RetriedElsewhere;
+use crate::telemetry::events::{Retried, RetryWithheld};
+use crate::telemetry::labels::{RetryReason, RetryRefused, code_label};
 use crate::telemetry::{Recorder, Telemetry};
 
-/// How many endpoints one request may be offered to when it was not processed.
-const MAX_ATTEMPTS: usize = 3;
+/// How many endpoints a call that never reached an app may be offered.
+const MAX_NOT_PROCESSED_ATTEMPTS: u32 = 3;
 
 /// A call to one service.
 pub(super) struct Call {
@@ -38,6 +53,10 @@ pub(super) struct Call {
     /// Answer failures as gRPC statuses.
     pub(super) grpc: bool,
     pub(super) telemetry: Arc<Telemetry>,
+    /// What the service's policy says for this method.
+    pub(super) settings: MethodSettings,
+    pub(super) budget: Arc<Budget>,
+    pub(super) budget_policy: RetryBudget,
 }
 
 /// What another attempt needs besides the body.
@@ -59,14 +78,22 @@ impl Head {
     }
 }
 
+/// Why an attempt did not give the caller its answer, when it may be retried.
+enum Retry {
+    /// It never reached an app.
+    NotProcessed(String),
+    /// A failure an idempotent call may be retried on, and the server's word on it.
+    Failed(RetryReason, String, Pushback),
+}
+
 impl Call {
     pub(super) async fn send(self, req: Request<RequestBody>, mut recorder: Recorder) -> Response<OutboundBody> {
-        let Self { service, balancer, fail_fast, grpc, telemetry } = self;
-        // Wait for an endpoint no longer than the fail-fast timeout, nor past the caller's deadline.
         let started = Instant::now();
         let caller_timeout = grpc_timeout(&req);
-        let call_deadline = caller_timeout.map(|t| started + t);
-        let deadline = call_deadline.map_or(started + fail_fast, |d| d.min(started + fail_fast));
+        let deadline = caller_timeout.or(self.settings.timeout).map(|t| started + t);
+        // Wait for an endpoint no longer than the fail-fast timeout, nor past the deadline.
+        let pick_until = deadline.map_or(started + self.fail_fast, |d| d.min(started + self.fail_fast));
+        self.budget.call(started);
 
         let (parts, body) = req.into_parts();
         let head = Head {
@@ -79,91 +106,225 @@ impl Call {
         // Unpolled: the source of replays.
         let spare = body.replay();
         let mut req = Request::from_parts(parts, body);
+        let service = self.service.as_str();
 
-        for attempt in 1..=MAX_ATTEMPTS {
-            let picked = match balancer.pick(deadline).await {
+        for attempt in 1.. {
+            let now = Instant::now();
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(now);
+                let fastest = self.balancer.fastest(now).unwrap_or_default();
+                if left.is_zero() || left < fastest {
+                    let error = ProxyError::DeadlineTooShort {
+                        service: service.to_string(),
+                        left,
+                        fastest,
+                        tries: attempt - 1,
+                    };
+                    return fail(error, self.grpc, recorder);
+                }
+                // What is left, not what the caller had: the time spent here is spent.
+                req.headers_mut().insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
+            }
+            let picked = match self.balancer.pick(pick_until).await {
                 Ok(picked) => picked,
                 Err(empty) => {
-                    let error = match empty {
-                        _ if caller_timeout.is_some_and(|t| t < fail_fast) => {
-                            ProxyError::DeadlineExceeded { service: service.to_string(), waiting_for: "an endpoint" }
-                        }
-                        Empty::NotSynced => ProxyError::DiscoveryUnavailable(service.to_string()),
-                        Empty::NoEndpoints => ProxyError::NoEndpoints(service.to_string()),
-                        Empty::NoneReady(registered) => {
-                            ProxyError::NoReadyEndpoint { service: service.to_string(), registered }
-                        }
-                    };
-                    return fail(error, grpc, recorder);
+                    return fail(self.no_endpoint(empty, deadline, caller_timeout, attempt), self.grpc, recorder);
                 }
             };
             let endpoint = picked.endpoint().clone();
             if let Some(span) = recorder.span_mut() {
                 span.set_endpoint(&endpoint.tag);
             }
-            let sent = Instant::now();
-            // The caller's deadline bounds the wait for response headers; dropping the send
-            // cancels the call upstream (RST_STREAM).
-            let send = endpoint.client().send(req);
-            let result = match call_deadline {
-                Some(at) => match tokio::time::timeout_at(at, send).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        let error =
-                            ProxyError::DeadlineExceeded { service: service.to_string(), waiting_for: "a response" };
-                        return fail(error, grpc, recorder);
-                    }
-                },
-                None => send.await,
-            };
-            let decay = balancer.settings.decay;
             let instance = endpoint.record.instance_id.as_str();
-            match result {
-                Ok(response) if response.headers().contains_key(MESH_NOT_PROCESSED) => {
-                    // The endpoint's app never saw the call.
+            let decay = self.balancer.settings.decay;
+
+            // The deadline and the per-try timeout bound the wait for response headers; dropping
+            // the send cancels the attempt upstream (RST_STREAM).
+            let sent = Instant::now();
+            let per_try_until = self.settings.per_try_timeout.map(|t| sent + t);
+            let until = match (deadline, per_try_until) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            };
+            let send = endpoint.client().send(req);
+            let result = match until {
+                Some(at) => tokio::time::timeout_at(at, send).await.ok(),
+                None => Some(send.await),
+            };
+            let retry = match result {
+                None if deadline.is_some_and(|d| Instant::now() >= d) => {
                     endpoint.failed(decay);
-                    let replay = spare.as_ref().and_then(ReplayBody::replay);
-                    match replay {
-                        Some(body) if attempt < MAX_ATTEMPTS => {
-                            let cause = "the instance's app never received it";
-                            RetriedElsewhere { service: service.as_str(), instance, cause, attempt }.emit(&telemetry);
-                            req = head.request(body);
+                    let error = ProxyError::DeadlineExceeded {
+                        service: service.to_string(),
+                        waiting_for: "a response",
+                        tries: attempt,
+                    };
+                    return fail(error, self.grpc, recorder);
+                }
+                None => {
+                    endpoint.failed(decay);
+                    let timeout = self.settings.per_try_timeout.unwrap_or_default();
+                    let cause = format!("no response within the per-try timeout of {timeout:?}");
+                    let retry = Retry::Failed(RetryReason::PerTryTimeout, cause, Pushback::None);
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                        Ok(body) => body.map(|body| head.request(body)),
+                        Err(why) => {
+                            let instance = instance.to_string();
+                            let error = ProxyError::PerTryTimeout {
+                                service: service.to_string(),
+                                instance,
+                                timeout,
+                                tries: attempt,
+                                why,
+                            };
+                            return fail(error, self.grpc, recorder);
                         }
-                        // Out of attempts, or the body outgrew the replay buffer: the caller gets
-                        // the endpoint's answer.
-                        _ => return respond(response, recorder, picked),
                     }
                 }
-                Ok(response) => {
+                Some(Ok(response)) if response.headers().contains_key(MESH_NOT_PROCESSED) => {
+                    // The endpoint's app never saw the call.
+                    endpoint.failed(decay);
+                    let retry = Retry::NotProcessed("the instance's app never received it".into());
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                        Ok(body) => body.map(|body| head.request(body)),
+                        Err(_) => return respond(response, recorder, picked),
+                    }
+                }
+                Some(Ok(response)) => {
+                    let status = trailers_only_status(response.headers());
                     if made_by_proxy_unavailable(response.headers()) {
                         endpoint.failed(decay);
                     } else {
                         endpoint.observe(sent.elapsed(), decay);
                     }
-                    return respond(response, recorder, picked);
-                }
-                Err(SendError::NotSent(back, cause)) => {
-                    endpoint.penalize(decay);
-                    req = *back;
-                    if attempt < MAX_ATTEMPTS {
-                        RetriedElsewhere { service: service.as_str(), instance, cause: &cause, attempt }
-                            .emit(&telemetry);
+                    let retryable = status.filter(|&code| self.settings.idempotent && self.settings.retries_on(code));
+                    let Some(code) = retryable else { return respond(response, recorder, picked) };
+                    let cause = format!("answered {}", code_label(tonic::Code::from(code as i32)));
+                    let retry = Retry::Failed(RetryReason::Status, cause, pushback(response.headers()));
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                        Ok(body) => body.map(|body| head.request(body)),
+                        Err(_) => return respond(response, recorder, picked),
                     }
                 }
-                Err(SendError::Failed(error)) => {
-                    endpoint.failed(decay);
-                    let error = ProxyError::UpstreamFailed {
-                        service: service.to_string(),
-                        instance: instance.to_string(),
-                        addr: endpoint.client().addr().to_string(),
-                        cause: error.to_string(),
-                    };
-                    return fail(error, grpc, recorder);
+                Some(Err(SendError::NotSent(back, cause))) => {
+                    endpoint.penalize(decay);
+                    let retry = Retry::NotProcessed(cause);
+                    // The request came back whole: no replay needed.
+                    match self.next_attempt(retry, attempt, &None, deadline, instance).await {
+                        Ok(_) => Some(*back),
+                        Err(_) => {
+                            let registered = self.balancer.len();
+                            let error = ProxyError::NoReadyEndpoint { service: service.to_string(), registered };
+                            return fail(error, self.grpc, recorder);
+                        }
+                    }
                 }
+                Some(Err(SendError::Failed(error))) => {
+                    endpoint.failed(decay);
+                    let cause = error.to_string();
+                    let retry = Retry::Failed(RetryReason::ConnectionFailed, cause.clone(), Pushback::None);
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                        Ok(body) => body.map(|body| head.request(body)),
+                        Err(_) => {
+                            let error = ProxyError::UpstreamFailed {
+                                service: service.to_string(),
+                                instance: instance.to_string(),
+                                addr: endpoint.client().addr().to_string(),
+                                cause,
+                            };
+                            return fail(error, self.grpc, recorder);
+                        }
+                    }
+                }
+            };
+            req = match retry {
+                Some(req) => req,
+                None => {
+                    // Replays always have a body; this is only reached if the buffer was gone.
+                    let error = ProxyError::NoReadyEndpoint { service: service.to_string(), registered: 0 };
+                    return fail(error, self.grpc, recorder);
+                }
+            };
+        }
+        unreachable!("the attempt loop only ends by returning")
+    }
+
+    /// The error of a pick that found no endpoint.
+    fn no_endpoint(
+        &self,
+        empty: Empty,
+        deadline: Option<Instant>,
+        caller: Option<Duration>,
+        attempt: u32,
+    ) -> ProxyError {
+        let service = self.service.to_string();
+        match empty {
+            _ if deadline.is_some_and(|d| Instant::now() >= d) || caller.is_some_and(|t| t < self.fail_fast) => {
+                ProxyError::DeadlineExceeded { service, waiting_for: "an endpoint", tries: attempt - 1 }
+            }
+            Empty::NotSynced => ProxyError::DiscoveryUnavailable(service),
+            Empty::NoEndpoints => ProxyError::NoEndpoints(service),
+            Empty::NoneReady(registered) => ProxyError::NoReadyEndpoint { service, registered },
+        }
+    }
+
+    /// Whether the call gets another attempt: `Ok` with the next attempt's body (`None` when the
+    /// request came back whole), or `Err` with why not. Waits out the backoff.
+    async fn next_attempt(
+        &self,
+        retry: Retry,
+        attempt: u32,
+        spare: &Option<PeerBody>,
+        deadline: Option<Instant>,
+        instance: &str,
+    ) -> Result<Option<PeerBody>, &'static str> {
+        let service = self.service.as_str();
+        let withheld = |reason: RetryRefused| {
+            RetryWithheld { service, reason }.emit(&self.telemetry);
+            Err(reason.description())
+        };
+        let (reason, cause, delay) = match retry {
+            Retry::NotProcessed(cause) => {
+                if attempt >= MAX_NOT_PROCESSED_ATTEMPTS {
+                    return withheld(RetryRefused::Attempts);
+                }
+                (RetryReason::NotProcessed, cause, Duration::ZERO)
+            }
+            Retry::Failed(reason, cause, pushback) => {
+                if attempt >= self.settings.max_attempts {
+                    return withheld(RetryRefused::Attempts);
+                }
+                let delay = match pushback {
+                    Pushback::Stop => return withheld(RetryRefused::Pushback),
+                    Pushback::After(delay) => delay,
+                    Pushback::None => budget::backoff(attempt),
+                };
+                (reason, cause, delay)
+            }
+        };
+        // A not-sent request comes back whole; anything else needs the replay buffer.
+        let body = match (reason, spare) {
+            (_, Some(spare)) => match spare.replay() {
+                Some(body) => Some(body),
+                None => return withheld(RetryRefused::BodyTooLarge),
+            },
+            (RetryReason::NotProcessed, None) => None,
+            (_, None) => return withheld(RetryRefused::BodyTooLarge),
+        };
+        if let Some(deadline) = deadline {
+            let fastest = self.balancer.fastest(Instant::now()).unwrap_or_default();
+            if Instant::now() + delay + fastest >= deadline {
+                return withheld(RetryRefused::Deadline);
             }
         }
-        let registered = balancer.len();
-        fail(ProxyError::NoReadyEndpoint { service: service.to_string(), registered }, grpc, recorder)
+        if reason != RetryReason::NotProcessed && !self.budget.try_retry(&self.budget_policy, Instant::now()) {
+            return withheld(RetryRefused::Budget);
+        }
+        Retried { service, instance, reason, cause: &cause, attempt }.emit(&self.telemetry);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(body)
     }
 }
 

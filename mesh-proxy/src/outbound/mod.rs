@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! app --h2c--> outbound listener -> target service (authority.rs: from :authority)
-//!            -> logical.rs: the call's deadline, attempts, (next: routes, retries, timeouts, mirrors)
+//!            -> policy.rs: the destination's policy (timeouts, retries) and retry budget (budget.rs)
+//!            -> logical.rs: the call's deadline, attempts and retries (next: routes, hedges, mirrors)
 //!            -> balance: P2C over peak-EWMA, waits up to the fail-fast timeout
 //!            -> endpoint: one multiplexed HTTP/2 connection per instance
 //!            -> the instance's inbound listener
 //! ```
 
 mod authority;
+pub(crate) mod budget;
 mod logical;
+pub(crate) mod policy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub(crate) struct Outbound {
     pub(crate) local: ServiceName,
     /// How long a call waits for a ready endpoint.
     pub(crate) fail_fast: Duration,
+    /// The destinations' policies and retry budgets.
+    pub(crate) policies: policy::Policies,
 }
 
 impl Outbound {
@@ -85,8 +90,21 @@ impl Outbound {
             Ok(balancer) => balancer,
             Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
         };
-        let call =
-            logical::Call { service, balancer, fail_fast: self.fail_fast, grpc, telemetry: self.telemetry.clone() };
+        let rules = self.policies.rules(&service);
+        let (settings, budget_policy) = match &rules.policy {
+            Some(policy) => (policy.settings(req.uri().path()), policy.budget()),
+            None => Default::default(),
+        };
+        let call = logical::Call {
+            service,
+            balancer,
+            fail_fast: self.fail_fast,
+            grpc,
+            telemetry: self.telemetry.clone(),
+            settings,
+            budget: rules.budget,
+            budget_policy,
+        };
         Either::Right(call.send(req, recorder))
     }
 }

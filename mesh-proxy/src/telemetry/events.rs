@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use prometheus::{IntCounter, IntGauge};
 
 use super::Telemetry;
-use super::labels::{AuthzResult, ConnectionError, Direction, DropReason, Limit, Outcome, Signal, TlsFailure};
+use super::labels::{
+    AuthzResult, ConnectionError, Direction, DropReason, Limit, Outcome, RetryReason, RetryRefused, Signal, TlsFailure,
+};
 
 /// A connection accepted by a listener: counted, and held open in the gauge until dropped.
 #[derive(Debug)]
@@ -190,19 +192,37 @@ impl ServiceIdle<'_> {
     }
 }
 
-/// A call that never left was offered to another endpoint.
+/// A call was sent again.
 #[derive(Debug)]
-pub(crate) struct RetriedElsewhere<'a> {
+pub(crate) struct Retried<'a> {
     pub(crate) service: &'a str,
+    /// The endpoint the previous attempt went to.
     pub(crate) instance: &'a str,
+    pub(crate) reason: RetryReason,
+    /// What happened, for the log.
     pub(crate) cause: &'a str,
-    pub(crate) attempt: usize,
+    /// The attempt that failed (1 for the first).
+    pub(crate) attempt: u32,
 }
 
-impl RetriedElsewhere<'_> {
+impl Retried<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
-        t.families.retries.with_label_values(&[self.service]).inc();
-        tracing::debug!(service = %self.service, instance = %self.instance, cause = %self.cause, attempt = self.attempt, "not sent; trying another endpoint");
+        t.families.retries.with_label_values(&[self.service, self.reason.as_str()]).inc();
+        tracing::debug!(service = %self.service, instance = %self.instance, reason = %self.reason, cause = %self.cause, attempt = self.attempt, "retrying");
+    }
+}
+
+/// A call qualified for a retry and did not get it.
+#[derive(Debug)]
+pub(crate) struct RetryWithheld<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) reason: RetryRefused,
+}
+
+impl RetryWithheld<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.retries_refused.with_label_values(&[self.service, self.reason.as_str()]).inc();
+        tracing::debug!(service = %self.service, reason = %self.reason, "not retrying");
     }
 }
 

@@ -26,6 +26,7 @@ pub(super) struct Families {
     pub(super) open_streams: [IntGauge; 2],
     pub(super) proxy_errors: IntCounterVec,
     pub(super) retries: IntCounterVec,
+    pub(super) retries_refused: IntCounterVec,
     pub(super) balancer_picks: IntCounterVec,
     pub(super) endpoints: IntGaugeVec,
     /// By [`Direction`].
@@ -82,8 +83,13 @@ impl Families {
             )?,
             retries: d.counter_vec(
                 "mesh_retries_total",
-                "Requests sent to another endpoint because the first never left (connect failure, closed connection).",
-                &["dst_service"],
+                "Attempts sent again, by destination service and reason (not_processed, status, per_try_timeout, connection_failed).",
+                &["dst_service", "reason"],
+            )?,
+            retries_refused: d.counter_vec(
+                "mesh_retries_refused_total",
+                "Retries a call qualified for but did not get, by destination service and reason (budget, deadline, attempts, body_too_large, pushback).",
+                &["dst_service", "reason"],
             )?,
             balancer_picks: d.counter_vec(
                 "mesh_balancer_picks_total",

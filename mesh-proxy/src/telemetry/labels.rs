@@ -166,6 +166,52 @@ label! {
         TooManyServices => "too_many_services",
         /// No authorization rule allows the call.
         NotAuthorized => "not_authorized",
+        /// One attempt waited out the policy's per-try timeout and could not be retried.
+        PerTryTimeout => "per_try_timeout",
+    }
+}
+
+label! {
+    /// Why a call was sent again (`mesh_retries_total{reason}`).
+    RetryReason {
+        /// It never reached an app (connect failure, closed connection, refused stream, or the
+        /// endpoint's app unreachable): retried for any method, not charged to the budget.
+        NotProcessed => "not_processed",
+        /// An idempotent call answered with one of the policy's `retry_on` statuses.
+        Status => "status",
+        /// An idempotent call's attempt waited out the per-try timeout.
+        PerTryTimeout => "per_try_timeout",
+        /// An idempotent call's connection failed after it was sent.
+        ConnectionFailed => "connection_failed",
+    }
+}
+
+label! {
+    /// Why a call that could have been retried was not (`mesh_retries_refused_total{reason}`).
+    RetryRefused {
+        /// The destination's retry budget was spent.
+        Budget => "budget",
+        /// The call's deadline could not cover another attempt.
+        Deadline => "deadline",
+        /// The policy's `max_attempts` were used.
+        Attempts => "attempts",
+        /// The request body outgrew the replay buffer.
+        BodyTooLarge => "body_too_large",
+        /// The endpoint asked not to be retried (`grpc-retry-pushback-ms` negative or malformed).
+        Pushback => "pushback",
+    }
+}
+
+impl RetryRefused {
+    /// Why not, for a proxy-made error's message.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Self::Budget => "the service's retry budget is spent",
+            Self::Deadline => "the deadline leaves no time for another try",
+            Self::Attempts => "no attempts left",
+            Self::BodyTooLarge => "the request body is too large to send again",
+            Self::Pushback => "the server asked not to be retried",
+        }
     }
 }
 

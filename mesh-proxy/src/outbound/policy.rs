@@ -1,0 +1,143 @@
+//! The service policies (timeouts, retries, retry budgets) this proxy's calls follow, one per
+//! destination service, read live from etcd (`<prefix>/v1/policies/<service>`). A document that
+//! cannot be parsed leaves the last good one of that service in force (counted as
+//! `mesh_limit_hits_total{limit="invalid_policy"}` and logged); a deleted one means the built-in
+//! defaults again. Each destination also has its retry [`Budget`], kept across policy changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mesh_registry::policy::ServicePolicy;
+use mesh_registry::watch_prefix::Values;
+use mesh_registry::{Layout, ServiceName};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::budget::Budget;
+use crate::balance::discovery::MAX_SERVICES;
+use crate::telemetry::Telemetry;
+use crate::telemetry::events::PolicyRejected;
+
+/// The documents in force, parsed from one set of watched values.
+#[derive(Debug, Default)]
+struct Parsed {
+    from: Values,
+    by_service: HashMap<String, Arc<ServicePolicy>>,
+}
+
+/// What calls to one service follow.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceRules {
+    /// The service's document; `None` means the built-in defaults.
+    pub(crate) policy: Option<Arc<ServicePolicy>>,
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// Every destination's policy and budget.
+#[derive(Debug)]
+pub(crate) struct Policies {
+    values: watch::Receiver<Values>,
+    layout: Layout,
+    parsed: Mutex<Arc<Parsed>>,
+    budgets: Mutex<HashMap<ServiceName, Arc<Budget>>>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Policies {
+    /// Follows the policies under `layout` in etcd.
+    pub(crate) fn follow(etcd: etcd_client::Client, layout: Layout, telemetry: Arc<Telemetry>) -> Self {
+        let values = mesh_registry::watch_prefix::watch_prefix(etcd, layout.policies());
+        Self::new(values, layout, telemetry)
+    }
+
+    fn new(values: watch::Receiver<Values>, layout: Layout, telemetry: Arc<Telemetry>) -> Self {
+        Self { values, layout, parsed: Mutex::new(Arc::default()), budgets: Mutex::new(HashMap::new()), telemetry }
+    }
+
+    /// The rules for calls to `service`.
+    pub(crate) fn rules(&self, service: &ServiceName) -> ServiceRules {
+        let policy = self.parsed().by_service.get(service.as_str()).cloned();
+        ServiceRules { policy, budget: self.budget(service) }
+    }
+
+    fn parsed(&self) -> Arc<Parsed> {
+        let values = self.values.borrow().clone();
+        let mut parsed = self.parsed.lock();
+        if !Arc::ptr_eq(&parsed.from, &values) {
+            *parsed = Arc::new(self.parse(values, &parsed));
+        }
+        parsed.clone()
+    }
+
+    fn parse(&self, values: Values, previous: &Parsed) -> Parsed {
+        let mut by_service = HashMap::new();
+        for (key, value) in values.iter() {
+            let Some(service) = self.layout.parse_policy_key(key) else { continue };
+            match ServicePolicy::parse(value) {
+                Ok(policy) => {
+                    let unchanged = previous.by_service.get(service).filter(|p| ***p == policy);
+                    by_service.insert(service.to_string(), unchanged.cloned().unwrap_or_else(|| Arc::new(policy)));
+                }
+                Err(error) => {
+                    PolicyRejected { key, error: &error }.emit(&self.telemetry);
+                    if let Some(last_good) = previous.by_service.get(service) {
+                        by_service.insert(service.to_string(), last_good.clone());
+                    }
+                }
+            }
+        }
+        Parsed { from: values, by_service }
+    }
+
+    fn budget(&self, service: &ServiceName) -> Arc<Budget> {
+        let mut budgets = self.budgets.lock();
+        if let Some(budget) = budgets.get(service) {
+            return budget.clone();
+        }
+        if budgets.len() >= MAX_SERVICES {
+            // Bounded like discovery: forget the budgets no call holds.
+            budgets.retain(|_, b| Arc::strong_count(b) > 1);
+        }
+        let budget = Arc::new(Budget::new(Instant::now()));
+        budgets.insert(service.clone(), budget.clone());
+        budget
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn svc(s: &str) -> ServiceName {
+        s.parse().unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn a_bad_document_leaves_the_last_good_one_in_force() {
+        let telemetry = Telemetry::new(&prometheus::Registry::new(), false).unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = watch::channel(Values::default());
+        let policies = Policies::new(rx, Layout::default(), telemetry);
+        assert!(policies.rules(&svc("orders")).policy.is_none(), "no document: built-in defaults");
+
+        let put = |doc: &str| {
+            let mut values = BTreeMap::new();
+            values.insert("/mesh/v1/policies/orders".to_string(), doc.as_bytes().to_vec());
+            values.insert("/mesh/v1/policies/bad/nested".to_string(), b"ignored".to_vec());
+            tx.send_replace(Arc::new(values));
+        };
+        put(r#"{"version":"v1","defaults":{"idempotent":true}}"#);
+        let rules = policies.rules(&svc("orders"));
+        assert!(rules.policy.as_ref().is_some_and(|p| p.settings("/a.B/C").idempotent));
+        put(r#"{"version":"v1","defaults":{"idempotent":"yes"}}"#);
+        assert!(
+            policies.rules(&svc("orders")).policy.is_some_and(|p| p.settings("/a.B/C").idempotent),
+            "the last good document stays"
+        );
+        tx.send_replace(Arc::default());
+        assert!(policies.rules(&svc("orders")).policy.is_none(), "deleted: built-in defaults again");
+        assert!(Arc::ptr_eq(&rules.budget, &policies.rules(&svc("orders")).budget), "one budget per service");
+    }
+}
