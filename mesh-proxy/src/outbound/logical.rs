@@ -166,7 +166,7 @@ impl Call {
                     let timeout = self.settings.per_try_timeout.unwrap_or_default();
                     let cause = format!("no response within the per-try timeout of {timeout:?}");
                     let retry = Retry::Failed(RetryReason::PerTryTimeout, cause, Pushback::None);
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
                         Err(why) => {
                             let instance = instance.to_string();
@@ -185,7 +185,7 @@ impl Call {
                     // The endpoint's app never saw the call.
                     endpoint.failed(decay);
                     let retry = Retry::NotProcessed("the instance's app never received it".into());
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
                         Err(_) => return respond(response, recorder, picked),
                     }
@@ -201,7 +201,7 @@ impl Call {
                     let Some(code) = retryable else { return respond(response, recorder, picked) };
                     let cause = format!("answered {}", code_label(tonic::Code::from(code as i32)));
                     let retry = Retry::Failed(RetryReason::Status, cause, pushback(response.headers()));
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
                         Err(_) => return respond(response, recorder, picked),
                     }
@@ -210,7 +210,7 @@ impl Call {
                     endpoint.penalize(decay);
                     let retry = Retry::NotProcessed(cause);
                     // The request came back whole: no replay needed.
-                    match self.next_attempt(retry, attempt, &None, deadline, instance).await {
+                    match self.next_attempt(retry, attempt, &None, deadline, instance, &mut recorder).await {
                         Ok(_) => Some(*back),
                         Err(_) => {
                             let registered = self.balancer.len();
@@ -223,7 +223,7 @@ impl Call {
                     endpoint.failed(decay);
                     let cause = error.to_string();
                     let retry = Retry::Failed(RetryReason::ConnectionFailed, cause.clone(), Pushback::None);
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance).await {
+                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
                         Err(_) => {
                             let error = ProxyError::UpstreamFailed {
@@ -277,6 +277,7 @@ impl Call {
         spare: &Option<PeerBody>,
         deadline: Option<Instant>,
         instance: &str,
+        recorder: &mut Recorder,
     ) -> Result<Option<PeerBody>, &'static str> {
         let service = self.service.as_str();
         let withheld = |reason: RetryRefused| {
@@ -321,6 +322,9 @@ impl Call {
             return withheld(RetryRefused::Budget);
         }
         Retried { service, instance, reason, cause: &cause, attempt }.emit(&self.telemetry);
+        if let Some(span) = recorder.span_mut() {
+            span.retried_for(reason.as_str());
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -240,6 +240,9 @@ fn otlp_span(s: FinishedSpan) -> Span {
     if s.retries > 0 {
         attributes.push(kv("mesh.retries", any_value::Value::IntValue(i64::from(s.retries))));
     }
+    if let Some(reason) = s.retry_reason {
+        attributes.push(kv("mesh.retry.reason", any_value::Value::StringValue(reason.to_string())));
+    }
     if let Some(reason) = s.error {
         attributes.push(string("mesh.error", reason));
     }
@@ -335,6 +338,32 @@ pub(crate) fn otlp_metric(family: &MetricFamily, start: u64, now: u64) -> Option
 mod tests {
     use super::*;
     use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+    #[test]
+    fn a_retried_call_s_span_says_how_often_and_why() {
+        let context =
+            super::super::trace::TraceContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap_or_else(|| unreachable!());
+        let span = otlp_span(FinishedSpan {
+            context,
+            parent: None,
+            kind: SpanKind::Client,
+            method: "/shop.Orders/Get".into(),
+            peer_service: "orders".into(),
+            start: std::time::SystemTime::now(),
+            duration: std::time::Duration::from_millis(3),
+            status: "OK",
+            error: None,
+            peer_addr: None,
+            endpoint: Some("orders-2".into()),
+            retries: 2,
+            retry_reason: Some("per_try_timeout"),
+        });
+        let attr = |key: &str| span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone());
+        let int = |key| attr(key).and_then(|v| v.value);
+        assert!(matches!(int("mesh.retries"), Some(any_value::Value::IntValue(2))));
+        assert!(matches!(int("mesh.retry.reason"), Some(any_value::Value::StringValue(r)) if r == "per_try_timeout"));
+    }
 
     #[test]
     fn prometheus_histograms_become_per_bucket_otlp_counts() {

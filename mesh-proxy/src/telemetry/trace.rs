@@ -146,6 +146,8 @@ pub(crate) struct FinishedSpan {
     pub(crate) endpoint: Option<String>,
     /// Attempts sent to another endpoint (outbound).
     pub(crate) retries: u32,
+    /// Why the last retry was made (`mesh_retries_total`'s reason), if any.
+    pub(crate) retry_reason: Option<&'static str>,
 }
 
 /// Starts spans and queues finished ones for export.
@@ -184,6 +186,7 @@ impl Tracer {
             peer_addr: None,
             endpoint: None,
             retries: 0,
+            retry_reason: None,
         }
     }
 
@@ -214,6 +217,7 @@ pub(crate) struct ActiveSpan {
     peer_addr: Option<SocketAddr>,
     endpoint: Option<EndpointTag>,
     retries: u32,
+    retry_reason: Option<&'static str>,
 }
 
 impl ActiveSpan {
@@ -228,6 +232,11 @@ impl ActiveSpan {
             self.retries += 1;
         }
         self.endpoint = Some(endpoint.clone());
+    }
+
+    /// The call is being sent again, for `reason`.
+    pub(crate) fn retried_for(&mut self, reason: &'static str) {
+        self.retry_reason = Some(reason);
     }
 
     /// Ends the span and hands it to the exporter if it is wanted. Nothing is allocated for a
@@ -257,6 +266,7 @@ impl ActiveSpan {
             peer_addr: endpoint_addr.or_else(|| self.peer_addr.map(|a| a.to_string())),
             endpoint,
             retries: self.retries,
+            retry_reason: self.retry_reason,
         };
         self.tracer.export(span);
     }
