@@ -18,6 +18,9 @@ use mesh_tests::process::run;
 use mesh_tests::telemetry::chained_echo;
 use tonic::Code;
 
+/// The tests here measure latency and load: one at a time, so they do not load each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Applies a service policy with `meshctl apply`.
 fn apply(etcd: &Etcd, service: &str, policy: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -50,6 +53,7 @@ async fn counter(client: &Sidecar, series: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_calls_are_retried_within_the_budget_and_pushback() {
+    let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let instances = echo_instances(&etcd.endpoint(), "echo", 2).await;
     let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
@@ -157,6 +161,7 @@ fn timeout(metadata: &std::collections::HashMap<String, String>, key: &str) -> D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_shrink_along_a_chain_and_a_spent_deadline_is_never_retried() {
+    let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     // client -> a -> b -> c; c waits 50 ms (the 80 ms leaves no room for the ~10 ms each
     // debug-built hop of proxies adds, so the 100 ms deadline would be spent before c answered).
@@ -228,6 +233,7 @@ async fn deadlines_shrink_along_a_chain_and_a_spent_deadline_is_never_retried() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_app_costs_idempotent_calls_nothing_with_a_per_try_timeout() {
+    let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let instances = echo_instances(&etcd.endpoint(), "echo", 3).await;
     apply(

@@ -6,11 +6,13 @@
 //! Each request picks two distinct eligible endpoints at random and takes the one with the
 //! lower cost, `latency estimate x (in-flight + 1) / weight`. The latency estimate jumps up at
 //! once on a slow response (peak) and decays toward faster ones (EWMA, default decay 1 s). An
-//! endpoint whose connection just failed sits out for a backoff (1 s doubling to 30 s) unless no
-//! other endpoint is left.
+//! endpoint whose connection just failed sits out for a backoff (1 s doubling to 30 s). An endpoint
+//! that fails 5 times in a row is ejected ([`outlier`]) for 30 s x its ejections (at most 300 s,
+//! at most half of the endpoints) and comes back through a probe call.
 
 pub(crate) mod discovery;
 pub(crate) mod ewma;
+pub(crate) mod outlier;
 pub(crate) mod pool;
 
 use std::sync::Arc;
@@ -22,9 +24,11 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use self::outlier::{MAX_EJECTED_PERCENT, Verdict};
 pub(crate) use self::pool::{Endpoint, InFlight, NewClient};
 use self::pool::{Merge, Pool};
 use crate::telemetry::Telemetry;
+use crate::telemetry::events::{EndpointEjected, EndpointReturned};
 
 /// Costs within this ratio of each other count as equal. Measured on loopback under CPU
 /// contention, identical instances' estimates wander by 20-40 % for seconds at a time; a
@@ -61,6 +65,18 @@ pub(crate) struct Balancer<C> {
     synced: AtomicBool,
     changed: Notify,
     pub(crate) settings: BalancerSettings,
+    telemetry: Arc<Telemetry>,
+}
+
+/// A failure the caller saw from an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection could not be opened or closed before the call was written: the endpoint
+    /// sits out a backoff.
+    NotConnected,
+    /// Its proxy answered UNAVAILABLE itself, its connection broke mid-call, or an attempt
+    /// timed out: counted as a 1 s response (failure accrual).
+    Failed,
 }
 
 impl<C> Balancer<C> {
@@ -68,10 +84,11 @@ impl<C> Balancer<C> {
     pub(crate) fn new(new_client: NewClient<C>, settings: BalancerSettings, telemetry: Arc<Telemetry>) -> Self {
         Self {
             endpoints: RwLock::new(Arc::from(Vec::new())),
-            pool: Mutex::new(Pool::new(new_client, settings.default_rtt, telemetry)),
+            pool: Mutex::new(Pool::new(new_client, settings.default_rtt, telemetry.clone())),
             synced: AtomicBool::new(false),
             changed: Notify::new(),
             settings,
+            telemetry,
         }
     }
 
@@ -91,8 +108,7 @@ impl<C> Balancer<C> {
             return Err(if self.synced.load(Ordering::Acquire) { Empty::NoEndpoints } else { Empty::NotSynced });
         }
         let now = Instant::now();
-        let eligible: Vec<&Arc<Endpoint<C>>> =
-            endpoints.iter().filter(|e| e.record.weight > 0 && !e.is_failing(now)).collect();
+        let eligible: Vec<&Arc<Endpoint<C>>> = endpoints.iter().filter(|e| e.is_eligible(now)).collect();
         let chosen = match eligible.len() {
             0 => return Err(Empty::NoneReady(endpoints.len())),
             1 => eligible[0],
@@ -134,9 +150,52 @@ impl<C> Balancer<C> {
     /// answered lately (an endpoint without samples might be faster, so nothing is claimed).
     pub(crate) fn fastest(&self, now: Instant) -> Option<Duration> {
         let endpoints = self.endpoints.read().clone();
-        let mut eligible = endpoints.iter().filter(|e| e.record.weight > 0 && !e.is_failing(now)).peekable();
+        let mut eligible = endpoints.iter().filter(|e| e.is_eligible(now)).peekable();
         eligible.peek()?;
         eligible.map(|e| e.fastest(now)).try_fold(Duration::MAX, |min, f| f.map(|f| min.min(f)))
+    }
+
+    /// `endpoint` failed a call: it costs more, and a run of failures ejects it.
+    pub(crate) fn failed(&self, endpoint: &Endpoint<C>, failure: Failure) {
+        match failure {
+            Failure::NotConnected => endpoint.penalize(self.settings.decay),
+            Failure::Failed => endpoint.failed(self.settings.decay),
+        }
+        self.outlier_failure(endpoint);
+    }
+
+    /// `endpoint` answered after `rtt`; `unavailable` if the answer was UNAVAILABLE (its app's),
+    /// which counts toward ejection without raising the latency estimate.
+    pub(crate) fn answered(&self, endpoint: &Endpoint<C>, rtt: std::time::Duration, unavailable: bool) {
+        endpoint.observe(rtt, self.settings.decay);
+        if unavailable {
+            self.outlier_failure(endpoint);
+        } else if endpoint.outlier_success(Instant::now()) == Verdict::Returned {
+            EndpointReturned {
+                service: endpoint.record.service.as_str(),
+                instance: endpoint.record.instance_id.as_str(),
+            }
+            .emit(&self.telemetry);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// `endpoint` shed the call (RESOURCE_EXHAUSTED, or asked for a pushback): it costs more for
+    /// a while, so less load goes its way, but it is not ejected for being busy.
+    pub(crate) fn shed(&self, endpoint: &Endpoint<C>) {
+        endpoint.failed(self.settings.decay);
+    }
+
+    fn outlier_failure(&self, endpoint: &Endpoint<C>) {
+        let now = Instant::now();
+        let endpoints = self.endpoints.read().clone();
+        let out = endpoints.iter().filter(|e| e.is_out(now)).count();
+        // Never more than half of the endpoints out, and never all.
+        let may_eject = (out + 1) * 100 <= endpoints.len() * MAX_EJECTED_PERCENT && out + 1 < endpoints.len();
+        if let Verdict::Ejected(length) = endpoint.outlier_failure(now, may_eject) {
+            let (service, instance) = (endpoint.record.service.as_str(), endpoint.record.instance_id.as_str());
+            EndpointEjected { service, instance, length }.emit(&self.telemetry);
+        }
     }
 
     /// Endpoints known.
@@ -171,6 +230,42 @@ mod tests {
 
     fn picked(b: &Balancer<u16>) -> u16 {
         *b.try_pick().unwrap_or_else(|e| panic!("{e:?}")).endpoint().client()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_failures_ejects_at_most_a_share_and_a_probe_brings_it_back() {
+        let b = balancer(&[1, 2, 3]);
+        let eps = b.endpoints.read().clone();
+        for _ in 0..outlier::CONSECUTIVE_FAILURES {
+            b.failed(&eps[0], Failure::Failed);
+        }
+        assert!((0..300).all(|_| picked(&b) != 1), "ejected: never picked");
+        // A second of three may not go: that would be more than half out.
+        for _ in 0..outlier::CONSECUTIVE_FAILURES * 3 {
+            b.failed(&eps[1], Failure::Failed);
+        }
+        let now = Instant::now();
+        assert!(eps[1].is_eligible(now) && !eps[1].is_out(now), "the service cannot spare a second endpoint");
+        b.answered(&eps[1], Duration::from_millis(1), false);
+
+        // After 30 s, on probation: one call at a time, and a success brings it back fully.
+        tokio::time::advance(outlier::BASE_EJECTION).await;
+        let probe = (0..300).map(|_| b.try_pick()).find_map(|p| p.ok().filter(|p| *p.endpoint().client() == 1));
+        let probe = probe.unwrap_or_else(|| panic!("the ejected endpoint gets a probe"));
+        assert!((0..300).all(|_| picked(&b) != 1), "nothing else while its probe is in flight");
+        b.answered(&eps[0], Duration::from_millis(1), false);
+        let now = Instant::now();
+        assert!(!eps[0].is_out(now) && eps[0].is_eligible(now), "back to full load, its probe still in flight");
+        drop(probe);
+
+        // Two endpoints: one may go, never both.
+        let two = balancer(&[1, 2]);
+        let eps = two.endpoints.read().clone();
+        for _ in 0..outlier::CONSECUTIVE_FAILURES {
+            two.failed(&eps[0], Failure::Failed);
+            two.failed(&eps[1], Failure::Failed);
+        }
+        assert!(two.try_pick().is_ok(), "never all ejected");
     }
 
     #[tokio::test]

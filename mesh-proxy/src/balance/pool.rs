@@ -16,6 +16,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::ewma::{PeakEwma, RecentFastest};
+use super::outlier::{Outlier, Verdict};
 use crate::telemetry::Telemetry;
 use crate::telemetry::trace::EndpointTag;
 
@@ -33,6 +34,7 @@ struct State<C> {
     fastest: Mutex<RecentFastest>,
     in_flight: AtomicUsize,
     failing: Mutex<Failing>,
+    outlier: Mutex<Outlier>,
     /// This endpoint's `mesh_balancer_picks_total` series, resolved once.
     picks: IntCounter,
 }
@@ -90,6 +92,32 @@ impl<C> Endpoint<C> {
     /// [`Self::penalize`] it does not sit out: the connection works.
     pub(crate) fn failed(&self, decay: Duration) {
         self.state.load.lock().observe(FAILURE_COST, decay);
+    }
+
+    /// Whether a call may go to it now: not drained (weight 0), not sitting out a connection
+    /// failure, not ejected, and not on probation with its one probe call in flight.
+    pub(crate) fn is_eligible(&self, now: Instant) -> bool {
+        if self.record.weight == 0 || self.is_failing(now) {
+            return false;
+        }
+        let outlier = self.state.outlier.lock();
+        let probing = outlier.on_probation(now) && self.in_flight() > 0;
+        !outlier.is_ejected(now) && !probing
+    }
+
+    /// Ejected or on probation (counts toward the service's share out).
+    pub(crate) fn is_out(&self, now: Instant) -> bool {
+        self.state.outlier.lock().is_out(now)
+    }
+
+    /// Tells the outlier state of a gateway-class failure.
+    pub(crate) fn outlier_failure(&self, now: Instant, may_eject: bool) -> Verdict {
+        self.state.outlier.lock().failure(now, may_eject)
+    }
+
+    /// Tells the outlier state of a success.
+    pub(crate) fn outlier_success(&self, now: Instant) -> Verdict {
+        self.state.outlier.lock().success(now)
     }
 
     /// Its fastest response of about the last 10 s.
@@ -216,6 +244,7 @@ impl<C> Pool<C> {
                     backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                     until: None,
                 }),
+                outlier: Mutex::default(),
                 picks: self.telemetry.endpoint_picks(service, instance),
             }),
             record: record.clone(),

@@ -28,11 +28,11 @@ use tokio::time::Instant;
 
 use super::budget::{self, Budget};
 use super::{OutboundBody, PeerBody, PeerClient, fail};
-use crate::balance::{Balancer, Empty};
+use crate::balance::{Balancer, Empty, Failure};
 use crate::endpoint::client::SendError;
 use crate::headers::{
-    GRPC_STATUS, GRPC_TIMEOUT, MESH_ERROR, MESH_NOT_PROCESSED, Pushback, encode_grpc_timeout, grpc_timeout, pushback,
-    trailers_only_status,
+    GRPC_RETRY_PUSHBACK, GRPC_STATUS, GRPC_TIMEOUT, MESH_ERROR, MESH_NOT_PROCESSED, Pushback, encode_grpc_timeout,
+    grpc_timeout, pushback, trailers_only_status,
 };
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
@@ -40,6 +40,10 @@ use crate::http::replay::{self, ReplayBody};
 use crate::telemetry::events::{Retried, RetryWithheld};
 use crate::telemetry::labels::{RetryReason, RetryRefused, code_label};
 use crate::telemetry::{Recorder, Telemetry};
+
+/// gRPC's UNAVAILABLE and RESOURCE_EXHAUSTED.
+const UNAVAILABLE: u32 = 14;
+const RESOURCE_EXHAUSTED: u32 = 8;
 
 /// How many endpoints a call that never reached an app may be offered.
 const MAX_NOT_PROCESSED_ATTEMPTS: u32 = 3;
@@ -136,7 +140,6 @@ impl Call {
                 span.set_endpoint(&endpoint.tag);
             }
             let instance = endpoint.record.instance_id.as_str();
-            let decay = self.balancer.settings.decay;
 
             // The deadline and the per-try timeout bound the wait for response headers; dropping
             // the send cancels the attempt upstream (RST_STREAM).
@@ -153,7 +156,7 @@ impl Call {
             };
             let retry = match result {
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    endpoint.failed(decay);
+                    // The caller's patience ran out, which says nothing against the endpoint.
                     let error = ProxyError::DeadlineExceeded {
                         service: service.to_string(),
                         waiting_for: "a response",
@@ -162,7 +165,7 @@ impl Call {
                     return fail(error, self.grpc, recorder);
                 }
                 None => {
-                    endpoint.failed(decay);
+                    self.balancer.failed(&endpoint, Failure::Failed);
                     let timeout = self.settings.per_try_timeout.unwrap_or_default();
                     let cause = format!("no response within the per-try timeout of {timeout:?}");
                     let retry = Retry::Failed(RetryReason::PerTryTimeout, cause, Pushback::None);
@@ -183,7 +186,7 @@ impl Call {
                 }
                 Some(Ok(response)) if response.headers().contains_key(MESH_NOT_PROCESSED) => {
                     // The endpoint's app never saw the call.
-                    endpoint.failed(decay);
+                    self.balancer.failed(&endpoint, Failure::Failed);
                     let retry = Retry::NotProcessed("the instance's app never received it".into());
                     match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
@@ -193,9 +196,12 @@ impl Call {
                 Some(Ok(response)) => {
                     let status = trailers_only_status(response.headers());
                     if made_by_proxy_unavailable(response.headers()) {
-                        endpoint.failed(decay);
+                        self.balancer.failed(&endpoint, Failure::Failed);
+                    } else if status == Some(RESOURCE_EXHAUSTED) || response.headers().contains_key(GRPC_RETRY_PUSHBACK)
+                    {
+                        self.balancer.shed(&endpoint);
                     } else {
-                        endpoint.observe(sent.elapsed(), decay);
+                        self.balancer.answered(&endpoint, sent.elapsed(), status == Some(UNAVAILABLE));
                     }
                     let retryable = status.filter(|&code| self.settings.idempotent && self.settings.retries_on(code));
                     let Some(code) = retryable else { return respond(response, recorder, picked) };
@@ -207,7 +213,7 @@ impl Call {
                     }
                 }
                 Some(Err(SendError::NotSent(back, cause))) => {
-                    endpoint.penalize(decay);
+                    self.balancer.failed(&endpoint, Failure::NotConnected);
                     let retry = Retry::NotProcessed(cause);
                     // The request came back whole: no replay needed.
                     match self.next_attempt(retry, attempt, &None, deadline, instance, &mut recorder).await {
@@ -220,7 +226,7 @@ impl Call {
                     }
                 }
                 Some(Err(SendError::Failed(error))) => {
-                    endpoint.failed(decay);
+                    self.balancer.failed(&endpoint, Failure::Failed);
                     let cause = error.to_string();
                     let retry = Retry::Failed(RetryReason::ConnectionFailed, cause.clone(), Pushback::None);
                     match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {

@@ -212,6 +212,35 @@ impl Retried<'_> {
     }
 }
 
+/// An endpoint failed too often in a row and was taken out of its service's balancer.
+#[derive(Debug)]
+pub(crate) struct EndpointEjected<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) instance: &'a str,
+    pub(crate) length: std::time::Duration,
+}
+
+impl EndpointEjected<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.ejections.with_label_values(&[self.service]).inc();
+        tracing::warn!(service = %self.service, instance = %self.instance, seconds = self.length.as_secs(), "endpoint ejected after consecutive failures");
+    }
+}
+
+/// An ejected endpoint's probe call succeeded: it takes full load again.
+#[derive(Debug)]
+pub(crate) struct EndpointReturned<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) instance: &'a str,
+}
+
+impl EndpointReturned<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.ejection_returns.with_label_values(&[self.service]).inc();
+        tracing::info!(service = %self.service, instance = %self.instance, "ejected endpoint is back");
+    }
+}
+
 /// A call qualified for a retry and did not get it.
 #[derive(Debug)]
 pub(crate) struct RetryWithheld<'a> {

@@ -27,6 +27,8 @@ pub(super) struct Families {
     pub(super) proxy_errors: IntCounterVec,
     pub(super) retries: IntCounterVec,
     pub(super) retries_refused: IntCounterVec,
+    pub(super) ejections: IntCounterVec,
+    pub(super) ejection_returns: IntCounterVec,
     pub(super) balancer_picks: IntCounterVec,
     pub(super) endpoints: IntGaugeVec,
     /// By [`Direction`].
@@ -90,6 +92,16 @@ impl Families {
                 "mesh_retries_refused_total",
                 "Retries a call qualified for but did not get, by destination service and reason (budget, deadline, attempts, body_too_large, pushback).",
                 &["dst_service", "reason"],
+            )?,
+            ejections: d.counter_vec(
+                "mesh_outlier_ejections_total",
+                "Endpoints taken out of the balancer after 5 failures in a row (or a failed probe), by destination service.",
+                &["dst_service"],
+            )?,
+            ejection_returns: d.counter_vec(
+                "mesh_outlier_returns_total",
+                "Ejected endpoints whose probe call succeeded, back to full load, by destination service.",
+                &["dst_service"],
             )?,
             balancer_picks: d.counter_vec(
                 "mesh_balancer_picks_total",
