@@ -195,6 +195,21 @@ def service():
     b.timeseries("Proxy-made errors", [(f'sum by (reason) (rate(mesh_proxy_errors_total{{service="$service"}}{RATE})) or vector(0)', "{{reason}}")],
                  w=8, unit="reqps")
     b.timeseries("Endpoints known", [(f'max by (dst_service) (mesh_endpoints{{service="$service"}})', "{{dst_service}}")], w=8)
+    # Each destination's resilience series start at 0 when the proxy first calls it, so these
+    # answer as soon as the service makes calls.
+    b.row("Resilience (calls this service makes)")
+    b.timeseries("Retries by reason", [(f'sum by (dst_service, reason) (rate(mesh_retries_total{{service="$service"}}{RATE}))',
+                                        "{{dst_service}} {{reason}}")], w=8, unit="reqps",
+                 description="Attempts sent again: not_processed (never reached an app), status (an idempotent call answered a "
+                             "retry_on status), per_try_timeout, connection_failed.")
+    b.timeseries("Retries refused", [(f'sum by (dst_service, reason) (rate(mesh_retries_refused_total{{service="$service"}}{RATE}))',
+                                      "{{dst_service}} {{reason}}")], w=8, unit="reqps",
+                 description="Retries calls qualified for but did not get; `budget` means the destination's retry budget is spent.")
+    b.timeseries("Outlier ejections (5 min)", [(f'sum by (dst_service) (increase(mesh_outlier_ejections_total{{service="$service"}}[5m]))',
+                                                "{{dst_service}} ejected"),
+                                               (f'sum by (dst_service) (increase(mesh_outlier_returns_total{{service="$service"}}[5m]))',
+                                                "{{dst_service}} returned")], w=8,
+                 description="Endpoints taken out of this service's balancers after 5 failures in a row, and those back after a probe.")
     return b
 
 

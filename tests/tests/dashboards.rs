@@ -106,7 +106,7 @@ fn dashboards_and_rules_are_valid_and_consistent() {
     let (ok, out) = run("promtool", &["check", "config", "prometheus/prometheus.yml"]);
     assert!(ok, "{out}");
     let (ok, out) = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
-    assert!(ok && out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 11 rules found"), "{out}");
     let queries: usize =
         dashboards().iter().flat_map(|(_, d)| panels(d)).map(|p| p["targets"].as_array().map_or(0, Vec::len)).sum();
     assert!(queries > 60, "{queries} panel queries");

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::Balancer;
 use crate::http::errors::ProxyError;
 use crate::telemetry::Telemetry;
-use crate::telemetry::events::{EndpointsKnown, ServiceIdle, ServiceLimitReached};
+use crate::telemetry::events::{EndpointsKnown, ServiceIdle, ServiceLimitReached, ServiceTracked};
 
 /// Most services one proxy tracks at once.
 pub(crate) const MAX_SERVICES: usize = 1024;
@@ -119,7 +119,7 @@ impl<C: Send + Sync + 'static> Discovery<C> {
         let Subscription { snapshots, keep } = (self.subscribe)(service);
         let balancer = Arc::new((self.new_balancer)());
         let feeder = tokio::spawn(feed(snapshots, balancer.clone(), self.telemetry.clone(), service.clone()));
-        tracing::debug!(%service, "watching a new service");
+        ServiceTracked { service: service.as_str() }.emit(&self.telemetry);
         let entry = Arc::new(Entry {
             balancer: balancer.clone(),
             last_used_ms: AtomicU64::new(now),

@@ -187,8 +187,39 @@ pub(crate) struct ServiceIdle<'a> {
 
 impl ServiceIdle<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
-        let _ = t.families.endpoints.remove_label_values(&[self.service]);
+        let f = &t.families;
+        let _ = f.endpoints.remove_label_values(&[self.service]);
+        for reason in RetryReason::ALL {
+            let _ = f.retries.remove_label_values(&[self.service, reason.as_str()]);
+        }
+        for reason in RetryRefused::ALL {
+            let _ = f.retries_refused.remove_label_values(&[self.service, reason.as_str()]);
+        }
+        let _ = f.ejections.remove_label_values(&[self.service]);
+        let _ = f.ejection_returns.remove_label_values(&[self.service]);
         tracing::debug!(service = %self.service, "dropping the watch of an idle service");
+    }
+}
+
+/// The proxy started tracking a destination service: its resilience series start at 0, so
+/// dashboards and alerts see them before the first retry or ejection.
+#[derive(Debug)]
+pub(crate) struct ServiceTracked<'a> {
+    pub(crate) service: &'a str,
+}
+
+impl ServiceTracked<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        let f = &t.families;
+        for reason in RetryReason::ALL {
+            f.retries.with_label_values(&[self.service, reason.as_str()]);
+        }
+        for reason in RetryRefused::ALL {
+            f.retries_refused.with_label_values(&[self.service, reason.as_str()]);
+        }
+        f.ejections.with_label_values(&[self.service]);
+        f.ejection_returns.with_label_values(&[self.service]);
+        tracing::debug!(service = %self.service, "watching a new service");
     }
 }
 
