@@ -210,6 +210,9 @@ def service():
                                                (f'sum by (dst_service) (increase(mesh_outlier_returns_total{{service="$service"}}[5m]))',
                                                 "{{dst_service}} returned")], w=8,
                  description="Endpoints taken out of this service's balancers after 5 failures in a row, and those back after a probe.")
+    b.timeseries("Shed by the circuit breaker", [(f'sum by (dst_service) (rate(mesh_circuit_breaker_shed_total{{service="$service"}}{RATE}))',
+                                                  "{{dst_service}}")], w=8, unit="reqps",
+                 description="Calls failed at once (mesh-error: overloaded) because the destination's slots and waiting line were full.")
     return b
 
 

@@ -14,7 +14,8 @@
 //!       "retry_on": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"], "max_attempts": 3 },
 //!     { "match": "/shop.Orders/Place", "timeout_ms": 5000 }
 //!   ],
-//!   "retry_budget": { "ratio": 0.2, "min_per_second": 10 }
+//!   "retry_budget": { "ratio": 0.2, "min_per_second": 10 },
+//!   "circuit_breaker": { "max_in_flight": 1000, "max_pending": 1000 }
 //! }
 //! ```
 //!
@@ -41,6 +42,8 @@ pub const MAX_METHODS: usize = 256;
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 /// Most attempts a call may be given (the first included).
 pub const MAX_ATTEMPTS: u32 = 5;
+/// Largest circuit breaker limit.
+pub const MAX_IN_FLIGHT: u32 = 100_000;
 
 /// The document version this build reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,36 @@ pub struct ServicePolicy {
     /// How many retries callers may add to this service's load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudget>,
+    /// How many calls each caller's proxy may have in flight to this service, and waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Per caller proxy: calls in flight to the service at most, and calls waiting for a slot at
+/// most; a call beyond both fails at once with UNAVAILABLE (`mesh-error: overloaded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Default 1000.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Default 1000.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    1000
+}
+
+fn default_max_pending() -> u32 {
+    1000
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self { max_in_flight: default_max_in_flight(), max_pending: default_max_pending() }
+    }
 }
 
 /// Settings for calls to some methods. Every field is optional; see the module docs for what an
@@ -187,6 +220,14 @@ impl ServicePolicy {
         {
             return Err(PolicyError(format!("retry_budget.ratio {} is not within 0.0-1.0", budget.ratio)));
         }
+        if let Some(breaker) = &self.circuit_breaker
+            && !(1..=MAX_IN_FLIGHT).contains(&breaker.max_in_flight)
+        {
+            return Err(PolicyError(format!("circuit_breaker.max_in_flight must be 1-{MAX_IN_FLIGHT}")));
+        }
+        if self.circuit_breaker.is_some_and(|b| b.max_pending > MAX_IN_FLIGHT) {
+            return Err(PolicyError(format!("circuit_breaker.max_pending must be 0-{MAX_IN_FLIGHT}")));
+        }
         Ok(())
     }
 
@@ -199,6 +240,11 @@ impl ServicePolicy {
     /// The retry budget (the default one when the document sets none).
     pub fn budget(&self) -> RetryBudget {
         self.retry_budget.unwrap_or_default()
+    }
+
+    /// The circuit breaker's limits (the defaults when the document sets none).
+    pub fn breaker(&self) -> CircuitBreaker {
+        self.circuit_breaker.unwrap_or_default()
     }
 }
 
@@ -341,6 +387,7 @@ mod tests {
             (r#"{"version":"v1","defaults":{"match":"*"}}"#, "belongs in `methods`"),
             (r#"{"version":"v1","methods":[{"match":"*","retry_on":["OK"]}]}"#, "unknown variant `OK`"),
             (r#"{"version":"v1","retry_budget":{"ratio":1.5}}"#, "not within 0.0-1.0"),
+            (r#"{"version":"v1","circuit_breaker":{"max_in_flight":0}}"#, "max_in_flight must be"),
             ("{\"version\":\"v1\",\n \"methods\": [}", "line 2"),
         ] {
             let err = ServicePolicy::parse(bad.as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
@@ -357,7 +404,8 @@ mod tests {
         let full = r#"{"version":"v1",
             "defaults":{"timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["UNAVAILABLE"],"max_attempts":2},
             "methods":[{"match":"*","timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["INTERNAL"],"max_attempts":2}],
-            "retry_budget":{"ratio":0.5,"min_per_second":3}}"#;
+            "retry_budget":{"ratio":0.5,"min_per_second":3},
+            "circuit_breaker":{"max_in_flight":10,"max_pending":5}}"#;
         let doc = serde_json::to_value(parse(full)).unwrap_or_else(|e| panic!("{e}"));
         let keys = |v: &serde_json::Value| -> Vec<String> {
             let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
@@ -370,6 +418,7 @@ mod tests {
             (def("method"), &doc["methods"][0]),
             (def("method"), &doc["defaults"]),
             (def("retry_budget"), &doc["retry_budget"]),
+            (def("circuit_breaker"), &doc["circuit_breaker"]),
         ] {
             assert_eq!(in_schema["additionalProperties"], false);
             let mut listed = keys(&in_schema["properties"]);

@@ -277,3 +277,44 @@ async fn a_frozen_app_costs_idempotent_calls_nothing_with_a_per_try_timeout() {
         failed.first()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_circuit_breaker_fails_calls_at_once_and_lets_the_rest_through() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start().await;
+    let instances = echo_instances(&etcd.endpoint(), "echo", 1).await;
+    apply(&etcd, "echo", r#"{"version":"v1","circuit_breaker":{"max_in_flight":2,"max_pending":2}}"#);
+    let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
+    let echo = client.echo_client("echo").await;
+    echo.clone().unary(EchoRequest::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await; // the policy, followed within a second
+
+    // 10 calls of 300 ms at once: 2 in flight, 2 waiting, 6 shed at once.
+    let before = served(&instances).await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut echo = echo.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = echo.unary(EchoRequest { delay_ms: 300, ..Default::default() }).await;
+                (result.map(|_| ()).map_err(|s| (s.code(), s.metadata().get("mesh-error").cloned())), started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    let shed: Vec<_> = outcomes.iter().filter(|(r, _)| r.is_err()).collect();
+    eprintln!("{outcomes:?}");
+    assert_eq!(shed.len(), 6, "{outcomes:?}");
+    for (result, took) in &shed {
+        let (code, reason) = result.as_ref().unwrap_err();
+        assert_eq!(*code, Code::Unavailable);
+        assert_eq!(reason.as_ref().and_then(|r| r.to_str().ok()), Some("overloaded"));
+        assert!(*took < Duration::from_millis(100), "shed at once: {took:?}");
+    }
+    assert_eq!(served(&instances).await - before, 4, "only the admitted calls reached the app");
+    let counted = counter(&client, r#"mesh_circuit_breaker_shed_total{dst_service="echo"}"#).await;
+    assert_eq!(counted, 6);
+}

@@ -51,6 +51,10 @@ pub(crate) enum ProxyError {
     #[error("{0}")]
     NotAuthorized(String),
     /// The proxy already tracks as many services as it may.
+    #[error(
+        "mesh: {service:?} is overloaded in this proxy: {max_in_flight} calls in flight and {why} (circuit breaker, {max_pending} may wait); not sent"
+    )]
+    Overloaded { service: String, max_in_flight: u32, max_pending: u32, why: &'static str },
     #[error("mesh: too many services in use (limit {0})")]
     TooManyServices(usize),
 }
@@ -68,6 +72,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => ErrorReason::UpstreamFailed,
             Self::AppUnavailable { .. } => ErrorReason::AppUnavailable,
             Self::TooManyServices(_) => ErrorReason::TooManyServices,
+            Self::Overloaded { .. } => ErrorReason::Overloaded,
             Self::NotAuthorized(_) => ErrorReason::NotAuthorized,
         }
     }

@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use mesh_registry::ServiceName;
-use mesh_registry::policy::{MethodSettings, RetryBudget};
+use mesh_registry::policy::{CircuitBreaker, MethodSettings, RetryBudget};
 use tokio::time::Instant;
 
-use super::budget::{self, Budget};
+use super::breaker::Shed;
+use super::budget;
+use super::policy::Destination;
 use super::{OutboundBody, PeerBody, PeerClient, fail};
 use crate::balance::{Balancer, Empty, Failure};
 use crate::endpoint::client::SendError;
@@ -37,7 +39,7 @@ use crate::headers::{
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, ReplayBody};
-use crate::telemetry::events::{Retried, RetryWithheld};
+use crate::telemetry::events::{Overloaded, Retried, RetryWithheld};
 use crate::telemetry::labels::{RetryReason, RetryRefused, code_label};
 use crate::telemetry::{Recorder, Telemetry};
 
@@ -59,8 +61,10 @@ pub(super) struct Call {
     pub(super) telemetry: Arc<Telemetry>,
     /// What the service's policy says for this method.
     pub(super) settings: MethodSettings,
-    pub(super) budget: Arc<Budget>,
+    /// The destination's retry budget and circuit breaker.
+    pub(super) destination: Arc<Destination>,
     pub(super) budget_policy: RetryBudget,
+    pub(super) limits: CircuitBreaker,
 }
 
 /// What another attempt needs besides the body.
@@ -97,7 +101,24 @@ impl Call {
         let deadline = caller_timeout.or(self.settings.timeout).map(|t| started + t);
         // Wait for an endpoint no longer than the fail-fast timeout, nor past the deadline.
         let pick_until = deadline.map_or(started + self.fail_fast, |d| d.min(started + self.fail_fast));
-        self.budget.call(started);
+        self.destination.budget.call(started);
+        // A slot in the destination's circuit breaker, held until the response ends.
+        let slot = match self.destination.breaker.admit(&self.limits, pick_until).await {
+            Ok(slot) => slot,
+            Err(shed) => {
+                Overloaded { service: self.service.as_str() }.emit(&self.telemetry);
+                let error = ProxyError::Overloaded {
+                    service: self.service.to_string(),
+                    max_in_flight: self.limits.max_in_flight,
+                    max_pending: self.limits.max_pending,
+                    why: match shed {
+                        Shed::QueueFull => "the waiting line is full",
+                        Shed::WaitedOut => "no slot freed up in time",
+                    },
+                };
+                return fail(error, self.grpc, recorder);
+            }
+        };
 
         let (parts, body) = req.into_parts();
         let head = Head {
@@ -190,7 +211,7 @@ impl Call {
                     let retry = Retry::NotProcessed("the instance's app never received it".into());
                     match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
-                        Err(_) => return respond(response, recorder, picked),
+                        Err(_) => return respond(response, recorder, (picked, slot)),
                     }
                 }
                 Some(Ok(response)) => {
@@ -204,12 +225,12 @@ impl Call {
                         self.balancer.answered(&endpoint, sent.elapsed(), status == Some(UNAVAILABLE));
                     }
                     let retryable = status.filter(|&code| self.settings.idempotent && self.settings.retries_on(code));
-                    let Some(code) = retryable else { return respond(response, recorder, picked) };
+                    let Some(code) = retryable else { return respond(response, recorder, (picked, slot)) };
                     let cause = format!("answered {}", code_label(tonic::Code::from(code as i32)));
                     let retry = Retry::Failed(RetryReason::Status, cause, pushback(response.headers()));
                     match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
                         Ok(body) => body.map(|body| head.request(body)),
-                        Err(_) => return respond(response, recorder, picked),
+                        Err(_) => return respond(response, recorder, (picked, slot)),
                     }
                 }
                 Some(Err(SendError::NotSent(back, cause))) => {
@@ -324,7 +345,9 @@ impl Call {
                 return withheld(RetryRefused::Deadline);
             }
         }
-        if reason != RetryReason::NotProcessed && !self.budget.try_retry(&self.budget_policy, Instant::now()) {
+        if reason != RetryReason::NotProcessed
+            && !self.destination.budget.try_retry(&self.budget_policy, Instant::now())
+        {
             return withheld(RetryRefused::Budget);
         }
         Retried { service, instance, reason, cause: &cause, attempt }.emit(&self.telemetry);
@@ -343,11 +366,11 @@ impl Call {
 fn respond(
     response: Response<hyper::body::Incoming>,
     recorder: Recorder,
-    picked: crate::balance::InFlight<PeerClient>,
+    guard: (crate::balance::InFlight<PeerClient>, tokio::sync::OwnedSemaphorePermit),
 ) -> Response<OutboundBody> {
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(MESH_NOT_PROCESSED);
-    let body = ResponseBody::observed(body, &parts.headers, recorder, picked);
+    let body = ResponseBody::observed(body, &parts.headers, recorder, guard);
     Response::from_parts(parts, body)
 }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! app --h2c--> outbound listener -> target service (authority.rs: from :authority)
-//!            -> policy.rs: the destination's policy (timeouts, retries) and retry budget (budget.rs)
+//!            -> policy.rs: the destination's policy (timeouts, retries, limits), its retry budget
+//!               (budget.rs) and circuit breaker (breaker.rs)
 //!            -> logical.rs: the call's deadline, attempts and retries (next: routes, hedges, mirrors)
 //!            -> balance: P2C over peak-EWMA, waits up to the fail-fast timeout
 //!            -> endpoint: one multiplexed HTTP/2 connection per instance
@@ -10,6 +11,7 @@
 //! ```
 
 mod authority;
+pub(crate) mod breaker;
 pub(crate) mod budget;
 mod logical;
 pub(crate) mod policy;
@@ -38,8 +40,9 @@ use crate::telemetry::{Direction, Recorder, Telemetry};
 pub(crate) type PeerBody = ReplayBody<RequestBody>;
 /// The connection to a peer's proxy.
 pub(crate) type PeerClient = H2Client<PeerBody>;
-/// The outbound response body: holds the call's place in its endpoint's in-flight count.
-pub(crate) type OutboundBody = ResponseBody<InFlight<PeerClient>>;
+/// The outbound response body: holds the call's place in its endpoint's in-flight count and its
+/// slot in the destination's circuit breaker until the response ends.
+pub(crate) type OutboundBody = ResponseBody<(InFlight<PeerClient>, tokio::sync::OwnedSemaphorePermit)>;
 
 /// The outbound side of the proxy.
 #[derive(Debug)]
@@ -91,8 +94,8 @@ impl Outbound {
             Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
         };
         let rules = self.policies.rules(&service);
-        let (settings, budget_policy) = match &rules.policy {
-            Some(policy) => (policy.settings(req.uri().path()), policy.budget()),
+        let (settings, budget_policy, limits) = match &rules.policy {
+            Some(policy) => (policy.settings(req.uri().path()), policy.budget(), policy.breaker()),
             None => Default::default(),
         };
         let call = logical::Call {
@@ -102,8 +105,9 @@ impl Outbound {
             grpc,
             telemetry: self.telemetry.clone(),
             settings,
-            budget: rules.budget,
+            destination: rules.destination,
             budget_policy,
+            limits,
         };
         Either::Right(call.send(req, recorder))
     }

@@ -2,18 +2,20 @@
 //! destination service, read live from etcd (`<prefix>/v1/policies/<service>`). A document that
 //! cannot be parsed leaves the last good one of that service in force (counted as
 //! `mesh_limit_hits_total{limit="invalid_policy"}` and logged); a deleted one means the built-in
-//! defaults again. Each destination also has its retry [`Budget`], kept across policy changes.
+//! defaults again. Each destination also has its retry [`Budget`] and its circuit [`Breaker`],
+//! kept across policy changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mesh_registry::policy::ServicePolicy;
+use mesh_registry::policy::{CircuitBreaker, ServicePolicy};
 use mesh_registry::watch_prefix::Values;
 use mesh_registry::{Layout, ServiceName};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::breaker::Breaker;
 use super::budget::Budget;
 use crate::balance::discovery::MAX_SERVICES;
 use crate::telemetry::Telemetry;
@@ -26,12 +28,19 @@ struct Parsed {
     by_service: HashMap<String, Arc<ServicePolicy>>,
 }
 
+/// What this proxy keeps per destination service.
+#[derive(Debug)]
+pub(crate) struct Destination {
+    pub(crate) budget: Budget,
+    pub(crate) breaker: Breaker,
+}
+
 /// What calls to one service follow.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceRules {
     /// The service's document; `None` means the built-in defaults.
     pub(crate) policy: Option<Arc<ServicePolicy>>,
-    pub(crate) budget: Arc<Budget>,
+    pub(crate) destination: Arc<Destination>,
 }
 
 /// Every destination's policy and budget.
@@ -40,7 +49,7 @@ pub(crate) struct Policies {
     values: watch::Receiver<Values>,
     layout: Layout,
     parsed: Mutex<Arc<Parsed>>,
-    budgets: Mutex<HashMap<ServiceName, Arc<Budget>>>,
+    destinations: Mutex<HashMap<ServiceName, Arc<Destination>>>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -52,13 +61,13 @@ impl Policies {
     }
 
     fn new(values: watch::Receiver<Values>, layout: Layout, telemetry: Arc<Telemetry>) -> Self {
-        Self { values, layout, parsed: Mutex::new(Arc::default()), budgets: Mutex::new(HashMap::new()), telemetry }
+        Self { values, layout, parsed: Mutex::new(Arc::default()), destinations: Mutex::new(HashMap::new()), telemetry }
     }
 
     /// The rules for calls to `service`.
     pub(crate) fn rules(&self, service: &ServiceName) -> ServiceRules {
         let policy = self.parsed().by_service.get(service.as_str()).cloned();
-        ServiceRules { policy, budget: self.budget(service) }
+        ServiceRules { policy, destination: self.destination(service) }
     }
 
     fn parsed(&self) -> Arc<Parsed> {
@@ -90,18 +99,21 @@ impl Policies {
         Parsed { from: values, by_service }
     }
 
-    fn budget(&self, service: &ServiceName) -> Arc<Budget> {
-        let mut budgets = self.budgets.lock();
-        if let Some(budget) = budgets.get(service) {
-            return budget.clone();
+    fn destination(&self, service: &ServiceName) -> Arc<Destination> {
+        let mut destinations = self.destinations.lock();
+        if let Some(destination) = destinations.get(service) {
+            return destination.clone();
         }
-        if budgets.len() >= MAX_SERVICES {
-            // Bounded like discovery: forget the budgets no call holds.
-            budgets.retain(|_, b| Arc::strong_count(b) > 1);
+        if destinations.len() >= MAX_SERVICES {
+            // Bounded like discovery: forget the destinations no call holds.
+            destinations.retain(|_, d| Arc::strong_count(d) > 1);
         }
-        let budget = Arc::new(Budget::new(Instant::now()));
-        budgets.insert(service.clone(), budget.clone());
-        budget
+        let destination = Arc::new(Destination {
+            budget: Budget::new(Instant::now()),
+            breaker: Breaker::new(&CircuitBreaker::default()),
+        });
+        destinations.insert(service.clone(), destination.clone());
+        destination
     }
 }
 
@@ -138,6 +150,6 @@ mod tests {
         );
         tx.send_replace(Arc::default());
         assert!(policies.rules(&svc("orders")).policy.is_none(), "deleted: built-in defaults again");
-        assert!(Arc::ptr_eq(&rules.budget, &policies.rules(&svc("orders")).budget), "one budget per service");
+        assert!(Arc::ptr_eq(&rules.destination, &policies.rules(&svc("orders")).destination), "one per service");
     }
 }

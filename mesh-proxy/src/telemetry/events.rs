@@ -197,6 +197,7 @@ impl ServiceIdle<'_> {
         }
         let _ = f.ejections.remove_label_values(&[self.service]);
         let _ = f.ejection_returns.remove_label_values(&[self.service]);
+        let _ = f.shed.remove_label_values(&[self.service]);
         tracing::debug!(service = %self.service, "dropping the watch of an idle service");
     }
 }
@@ -219,6 +220,7 @@ impl ServiceTracked<'_> {
         }
         f.ejections.with_label_values(&[self.service]);
         f.ejection_returns.with_label_values(&[self.service]);
+        f.shed.with_label_values(&[self.service]);
         tracing::debug!(service = %self.service, "watching a new service");
     }
 }
@@ -269,6 +271,19 @@ impl EndpointReturned<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
         t.families.ejection_returns.with_label_values(&[self.service]).inc();
         tracing::info!(service = %self.service, instance = %self.instance, "ejected endpoint is back");
+    }
+}
+
+/// A call found the destination's circuit breaker full.
+#[derive(Debug)]
+pub(crate) struct Overloaded<'a> {
+    pub(crate) service: &'a str,
+}
+
+impl Overloaded<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.shed.with_label_values(&[self.service]).inc();
+        tracing::debug!(service = %self.service, "circuit breaker full; call shed");
     }
 }
 

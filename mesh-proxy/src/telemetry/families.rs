@@ -28,6 +28,7 @@ pub(super) struct Families {
     pub(super) retries: IntCounterVec,
     pub(super) retries_refused: IntCounterVec,
     pub(super) ejections: IntCounterVec,
+    pub(super) shed: IntCounterVec,
     pub(super) ejection_returns: IntCounterVec,
     pub(super) balancer_picks: IntCounterVec,
     pub(super) endpoints: IntGaugeVec,
@@ -92,6 +93,11 @@ impl Families {
                 "mesh_retries_refused_total",
                 "Retries a call qualified for but did not get, by destination service and reason (budget, deadline, attempts, body_too_large, pushback).",
                 &["dst_service", "reason"],
+            )?,
+            shed: d.counter_vec(
+                "mesh_circuit_breaker_shed_total",
+                "Calls failed at once because the destination's circuit breaker was full (calls in flight and waiting), by destination service.",
+                &["dst_service"],
             )?,
             ejections: d.counter_vec(
                 "mesh_outlier_ejections_total",

@@ -168,6 +168,8 @@ label! {
         NotAuthorized => "not_authorized",
         /// One attempt waited out the policy's per-try timeout and could not be retried.
         PerTryTimeout => "per_try_timeout",
+        /// The destination's circuit breaker is full (calls in flight and waiting).
+        Overloaded => "overloaded",
     }
 }
 
