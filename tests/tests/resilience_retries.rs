@@ -318,3 +318,25 @@ async fn a_full_circuit_breaker_fails_calls_at_once_and_lets_the_rest_through() 
     let counted = counter(&client, r#"mesh_circuit_breaker_shed_total{dst_service="echo"}"#).await;
     assert_eq!(counted, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_never_sends_a_non_idempotent_call_twice() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start().await;
+    let instances = echo_instances(&etcd.endpoint(), "echo", 2).await;
+    apply(&etcd, "echo", r#"{"version":"v1","defaults":{"per_try_timeout_ms":100}}"#);
+    let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
+    let mut echo = client.echo_client("echo").await;
+    echo.unary(EchoRequest::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await; // the policy, followed within a second
+
+    let before = served(&instances).await;
+    for _ in 0..5 {
+        let status = echo.unary(EchoRequest { delay_ms: 300, ..Default::default() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(status.metadata().get("mesh-error").and_then(|v| v.to_str().ok()), Some("per_try_timeout"));
+        assert!(status.message().contains("not idempotent"), "{status:?}");
+    }
+    assert_eq!(served(&instances).await - before, 5, "each call reached an app once");
+    assert_eq!(counter(&client, r#"mesh_retries_total{dst_service="echo",reason="per_try_timeout"}"#).await, 0);
+}

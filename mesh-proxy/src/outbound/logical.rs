@@ -131,6 +131,8 @@ impl Call {
         // Unpolled: the source of replays.
         let spare = body.replay();
         let mut req = Request::from_parts(parts, body);
+        // The next attempt's request, replaying the body, while it fits the replay buffer.
+        let replayed = || spare.as_ref().and_then(ReplayBody::replay).map(|body| head.request(body));
         let service = self.service.as_str();
 
         for attempt in 1.. {
@@ -175,7 +177,7 @@ impl Call {
                 Some(at) => tokio::time::timeout_at(at, send).await.ok(),
                 None => Some(send.await),
             };
-            let retry = match result {
+            let retry: Request<PeerBody> = match result {
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
                     // The caller's patience ran out, which says nothing against the endpoint.
                     let error = ProxyError::DeadlineExceeded {
@@ -190,8 +192,8 @@ impl Call {
                     let timeout = self.settings.per_try_timeout.unwrap_or_default();
                     let cause = format!("no response within the per-try timeout of {timeout:?}");
                     let retry = Retry::Failed(RetryReason::PerTryTimeout, cause, Pushback::None);
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
-                        Ok(body) => body.map(|body| head.request(body)),
+                    match self.next_attempt(retry, attempt, deadline, instance, &mut recorder, replayed).await {
+                        Ok(next) => next,
                         Err(why) => {
                             let instance = instance.to_string();
                             let error = ProxyError::PerTryTimeout {
@@ -209,8 +211,8 @@ impl Call {
                     // The endpoint's app never saw the call.
                     self.balancer.failed(&endpoint, Failure::Failed);
                     let retry = Retry::NotProcessed("the instance's app never received it".into());
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
-                        Ok(body) => body.map(|body| head.request(body)),
+                    match self.next_attempt(retry, attempt, deadline, instance, &mut recorder, replayed).await {
+                        Ok(next) => next,
                         Err(_) => return respond(response, recorder, (picked, slot)),
                     }
                 }
@@ -224,12 +226,12 @@ impl Call {
                     } else {
                         self.balancer.answered(&endpoint, sent.elapsed(), status == Some(UNAVAILABLE));
                     }
-                    let retryable = status.filter(|&code| self.settings.idempotent && self.settings.retries_on(code));
+                    let retryable = status.filter(|&code| self.settings.retries_on(code));
                     let Some(code) = retryable else { return respond(response, recorder, (picked, slot)) };
                     let cause = format!("answered {}", code_label(tonic::Code::from(code as i32)));
                     let retry = Retry::Failed(RetryReason::Status, cause, pushback(response.headers()));
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
-                        Ok(body) => body.map(|body| head.request(body)),
+                    match self.next_attempt(retry, attempt, deadline, instance, &mut recorder, replayed).await {
+                        Ok(next) => next,
                         Err(_) => return respond(response, recorder, (picked, slot)),
                     }
                 }
@@ -237,8 +239,8 @@ impl Call {
                     self.balancer.failed(&endpoint, Failure::NotConnected);
                     let retry = Retry::NotProcessed(cause);
                     // The request came back whole: no replay needed.
-                    match self.next_attempt(retry, attempt, &None, deadline, instance, &mut recorder).await {
-                        Ok(_) => Some(*back),
+                    match self.next_attempt(retry, attempt, deadline, instance, &mut recorder, || Some(*back)).await {
+                        Ok(next) => next,
                         Err(_) => {
                             let registered = self.balancer.len();
                             let error = ProxyError::NoReadyEndpoint { service: service.to_string(), registered };
@@ -250,8 +252,8 @@ impl Call {
                     self.balancer.failed(&endpoint, Failure::Failed);
                     let cause = error.to_string();
                     let retry = Retry::Failed(RetryReason::ConnectionFailed, cause.clone(), Pushback::None);
-                    match self.next_attempt(retry, attempt, &spare, deadline, instance, &mut recorder).await {
-                        Ok(body) => body.map(|body| head.request(body)),
+                    match self.next_attempt(retry, attempt, deadline, instance, &mut recorder, replayed).await {
+                        Ok(next) => next,
                         Err(_) => {
                             let error = ProxyError::UpstreamFailed {
                                 service: service.to_string(),
@@ -264,14 +266,7 @@ impl Call {
                     }
                 }
             };
-            req = match retry {
-                Some(req) => req,
-                None => {
-                    // Replays always have a body; this is only reached if the buffer was gone.
-                    let error = ProxyError::NoReadyEndpoint { service: service.to_string(), registered: 0 };
-                    return fail(error, self.grpc, recorder);
-                }
-            };
+            req = retry;
         }
         unreachable!("the attempt loop only ends by returning")
     }
@@ -295,17 +290,18 @@ impl Call {
         }
     }
 
-    /// Whether the call gets another attempt: `Ok` with the next attempt's body (`None` when the
-    /// request came back whole), or `Err` with why not. Waits out the backoff.
+    /// Whether the call gets another attempt: `Ok` with its request (made by `next`: the request
+    /// that came back whole, or one replaying the buffered body; `None` if the body outgrew the
+    /// buffer), or `Err` with why not. Waits out the backoff.
     async fn next_attempt(
         &self,
         retry: Retry,
         attempt: u32,
-        spare: &Option<PeerBody>,
         deadline: Option<Instant>,
         instance: &str,
         recorder: &mut Recorder,
-    ) -> Result<Option<PeerBody>, &'static str> {
+        next: impl FnOnce() -> Option<Request<PeerBody>>,
+    ) -> Result<Request<PeerBody>, &'static str> {
         let service = self.service.as_str();
         let withheld = |reason: RetryRefused| {
             RetryWithheld { service, reason }.emit(&self.telemetry);
@@ -318,6 +314,8 @@ impl Call {
                 }
                 (RetryReason::NotProcessed, cause, Duration::ZERO)
             }
+            // Anything that may have reached an app is sent again only for an idempotent method.
+            Retry::Failed(..) if !self.settings.idempotent => return Err("the method is not idempotent"),
             Retry::Failed(reason, cause, pushback) => {
                 if attempt >= self.settings.max_attempts {
                     return withheld(RetryRefused::Attempts);
@@ -330,15 +328,7 @@ impl Call {
                 (reason, cause, delay)
             }
         };
-        // A not-sent request comes back whole; anything else needs the replay buffer.
-        let body = match (reason, spare) {
-            (_, Some(spare)) => match spare.replay() {
-                Some(body) => Some(body),
-                None => return withheld(RetryRefused::BodyTooLarge),
-            },
-            (RetryReason::NotProcessed, None) => None,
-            (_, None) => return withheld(RetryRefused::BodyTooLarge),
-        };
+        let Some(req) = next() else { return withheld(RetryRefused::BodyTooLarge) };
         if let Some(deadline) = deadline {
             let fastest = self.balancer.fastest(Instant::now()).unwrap_or_default();
             if Instant::now() + delay + fastest >= deadline {
@@ -357,7 +347,7 @@ impl Call {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok(body)
+        Ok(req)
     }
 }
 
