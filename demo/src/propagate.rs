@@ -3,7 +3,7 @@
 //! (`grpc-timeout`, less the time already spent), so a chain never works past its caller's
 //! patience. The proxies do the rest.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::metadata::MetadataMap;
 
@@ -22,29 +22,18 @@ pub(crate) fn propagate<T>(
             outgoing.metadata_mut().insert(name, value.clone());
         }
     }
-    if let Some(timeout) = incoming.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout) {
+    if let Some(timeout) =
+        incoming.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(mesh_common::deadline::parse)
+    {
         outgoing.set_timeout(timeout.saturating_sub(started.elapsed()));
     }
     outgoing
 }
 
-/// `grpc-timeout`: up to 8 digits and a unit (H M S m u n).
-fn parse_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -55,10 +44,8 @@ mod tests {
         let started = Instant::now() - Duration::from_millis(30);
         let out = propagate(&incoming, started, tonic::Request::new(()));
         assert!(out.metadata().contains_key("traceparent"));
-        let sent = out.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
+        let sent =
+            out.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(mesh_common::deadline::parse);
         assert!(sent.is_some_and(|t| t <= Duration::from_millis(70) && t > Duration::from_millis(50)), "{sent:?}");
-        assert_eq!(parse_timeout("5x"), None);
-        assert_eq!(parse_timeout(""), None);
-        assert_eq!(parse_timeout("123456789S"), None);
     }
 }

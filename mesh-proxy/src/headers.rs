@@ -40,33 +40,13 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// The caller's deadline from `grpc-timeout` (`<digits><unit>`, unit one of H M S m u n).
 pub(crate) fn grpc_timeout<B>(req: &Request<B>) -> Option<Duration> {
-    let value = req.headers().get(GRPC_TIMEOUT)?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    mesh_common::deadline::parse(req.headers().get(GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
 /// `grpc-timeout` for `left`, in the finest unit that fits its 8 digits (rounded down, so a
 /// forwarded deadline never grows).
 pub(crate) fn encode_grpc_timeout(left: Duration) -> HeaderValue {
-    const MAX: u128 = 99_999_999;
-    let value = [(left.as_nanos(), 'n'), (left.as_micros(), 'u'), (left.as_millis(), 'm')]
-        .into_iter()
-        .chain([(u128::from(left.as_secs()), 'S'), (u128::from(left.as_secs() / 60), 'M')])
-        .find(|(n, _)| *n <= MAX)
-        .map_or_else(|| format!("{}H", (left.as_secs() / 3600).min(99_999_999)), |(n, unit)| format!("{n}{unit}"));
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+    HeaderValue::from_str(&mesh_common::deadline::encode(left)).unwrap_or_else(|_| HeaderValue::from_static("0n"))
 }
 
 /// The gRPC status of a trailers-only response (the status in the headers: nothing was sent
@@ -136,39 +116,10 @@ mod tests {
     }
 
     #[test]
-    fn grpc_timeouts_parse() {
-        let with = |v: &str| {
-            Request::builder()
-                .header("grpc-timeout", v)
-                .body(())
-                .map(|r| grpc_timeout(&r))
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
-        assert_eq!(with("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(with("5x"), None);
-        assert_eq!(with("S"), None);
-        assert_eq!(with("1234567890S"), None);
-    }
-
-    #[test]
-    fn forwarded_timeouts_round_trip_in_the_finest_unit_that_fits() {
-        let back = |d: Duration| {
-            let v = encode_grpc_timeout(d);
-            let req = Request::builder().header("grpc-timeout", v.clone()).body(()).unwrap_or_else(|e| panic!("{e}"));
-            (v.to_str().unwrap_or_default().to_string(), grpc_timeout(&req))
-        };
-        assert_eq!(
-            back(Duration::from_nanos(99_123_456)),
-            ("99123456n".into(), Some(Duration::from_nanos(99_123_456)))
-        );
-        assert_eq!(back(Duration::from_micros(98_765_432)).0, "98765432u");
-        let (v, d) = back(Duration::from_millis(2_500_000));
-        assert_eq!(v, "2500000m");
-        assert_eq!(d, Some(Duration::from_millis(2_500_000)));
-        assert_eq!(back(Duration::from_secs(200_000_000)).0, "3333333M");
-        assert_eq!(back(Duration::ZERO).0, "0n");
+    fn a_forwarded_timeout_reads_back_from_the_header() {
+        let value = encode_grpc_timeout(Duration::from_micros(98_765_432));
+        let req = Request::builder().header("grpc-timeout", value).body(()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(grpc_timeout(&req), Some(Duration::from_micros(98_765_432)));
     }
 
     #[test]

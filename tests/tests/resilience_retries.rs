@@ -145,18 +145,10 @@ async fn idempotent_calls_are_retried_within_the_budget_and_pushback() {
     }
 }
 
-/// Reads a `grpc-timeout` value as echoed back (`<digits><unit>`).
+/// A `grpc-timeout` value as echoed back.
 fn timeout(metadata: &std::collections::HashMap<String, String>, key: &str) -> Duration {
     let value = metadata.get(key).unwrap_or_else(|| panic!("no {key} in {metadata:?}"));
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().unwrap();
-    match unit {
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        other => panic!("unit {other}"),
-    }
+    mesh_common::deadline::parse(value).unwrap_or_else(|| panic!("{key}: {value:?} is no grpc-timeout"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
