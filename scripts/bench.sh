@@ -76,9 +76,15 @@ pids+=($!); COLLECTOR_PID=$!; wait_port "$OTLP"
 # Proxies: for each worker count (and plaintext, mTLS, or exporting telemetry), a server sidecar
 # and a client sidecar. Telemetry runs at the default worker count only.
 declare -A PROXY_PID HOP1_ADDR HOP2_ADDR
-for mode in plain tls otel otel100; do
+# The "routes" pair runs with a service policy of 20 routes on the path: 19 that the benchmark's
+# calls do not take (a method prefix and a regex on content-type each, evaluated for every call),
+# then one that splits over a subset by label.
+ROUTES_POLICY="$WORK/routes-policy.json"
+python3 scripts/routes_policy.py "$ROUTES_POLICY"
+"$BIN/meshctl" --etcd-endpoints "127.0.0.1:$ETCD" apply echo-routes-w1 -f "$ROUTES_POLICY" --allow-empty-subsets >/dev/null
+for mode in plain tls otel otel100 routes; do
   for workers in 1 2; do
-    case "$mode" in otel*) [ "$workers" = 2 ] || continue ;; esac
+    case "$mode" in otel*) [ "$workers" = 2 ] || continue ;; routes) [ "$workers" = 1 ] || continue ;; esac
     for role in server client; do
       in=$(port); out=$(port); admin=$(port)
       suffix=$([ "$mode" = plain ] && echo "w$workers" || echo "$mode-w$workers")
@@ -91,6 +97,7 @@ for mode in plain tls otel otel100; do
       fi
       [ "$mode" = otel ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP")
       [ "$mode" = otel100 ] && identity=(--collector-endpoint "http://127.0.0.1:$OTLP" --trace-sampling 1)
+      [ "$mode" = routes ] && identity=(--labels version=v1)
       MESH_LOG=warn "$PROXY_BIN" --service "$service" --instance-id "$role-$suffix" --app-addr "127.0.0.1:$APP" \
         --inbound-addr "127.0.0.1:$in" --outbound-addr "127.0.0.1:$out" --admin-addr "127.0.0.1:$admin" \
         --etcd-endpoints "127.0.0.1:$ETCD" --workers "$workers" "${identity[@]}" >"$WORK/$role-$suffix.log" 2>&1 &
@@ -157,10 +164,11 @@ declare -A TARGETS=(
   [hop2tls-w2]="${HOP2_ADDR[tls-w2]} echo-tls-w2 ${PROXY_PID[client-tls-w2]},${PROXY_PID[server-tls-w2]}"
   [hop2otel-w2]="${HOP2_ADDR[otel-w2]} echo-otel-w2 ${PROXY_PID[client-otel-w2]},${PROXY_PID[server-otel-w2]}"
   [hop2otel100-w2]="${HOP2_ADDR[otel100-w2]} echo-otel100-w2 ${PROXY_PID[client-otel100-w2]},${PROXY_PID[server-otel100-w2]}"
+  [hop2routes-w1]="${HOP2_ADDR[routes-w1]} echo-routes-w1 ${PROXY_PID[client-routes-w1]},${PROXY_PID[server-routes-w1]}"
   [nginx]="127.0.0.1:$NGINX echo $NGINX_WORKER"
   [haproxy]="127.0.0.1:$HAPROXY echo $HAPROXY_PID"
 )
-ORDER=(direct hop1-w1 hop2-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 hop2otel-w2 hop2otel100-w2 nginx haproxy)
+ORDER=(direct hop1-w1 hop2-w1 hop2routes-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 hop2otel-w2 hop2otel100-w2 nginx haproxy)
 # BENCH_TARGETS="direct hop1-w1" runs a subset (for quick looks; docs/benchmarks.md wants all).
 [ -n "${BENCH_TARGETS:-}" ] && read -r -a ORDER <<<"$BENCH_TARGETS"
 

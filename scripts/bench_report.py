@@ -11,12 +11,13 @@ import subprocess
 import sys
 
 results, rounds, seconds, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ORDER = ["direct", "hop1-w1", "hop2-w1", "hop2tls-w1", "hop1-w2", "hop2-w2", "hop2tls-w2", "hop2otel-w2", "hop2otel100-w2",
+ORDER = ["direct", "hop1-w1", "hop2-w1", "hop2routes-w1", "hop2tls-w1", "hop1-w2", "hop2-w2", "hop2tls-w2", "hop2otel-w2", "hop2otel100-w2",
          "nginx", "haproxy"]
 LABEL = {
     "direct": "direct (no proxy)",
     "hop1-w1": "mesh-proxy, 1 hop, 1 worker",
     "hop2-w1": "mesh-proxy, 2 hops (mesh path), 1 worker each",
+    "hop2routes-w1": "mesh-proxy, 2 hops, a policy of 20 routes (19 regexes evaluated per call), 1 worker each",
     "hop1-w2": "mesh-proxy, 1 hop, default 2 workers",
     "hop2-w2": "mesh-proxy, 2 hops, default 2 workers each",
     "hop2tls-w1": "mesh-proxy, 2 hops over mTLS, 1 worker each",

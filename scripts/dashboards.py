@@ -213,6 +213,42 @@ def service():
     b.timeseries("Shed by the circuit breaker", [(f'sum by (dst_service) (rate(mesh_circuit_breaker_shed_total{{service="$service"}}{RATE}))',
                                                   "{{dst_service}}")], w=8, unit="reqps",
                  description="Calls failed at once (mesh-error: overloaded) because the destination's slots and waiting line were full.")
+    b.timeseries("Hedges", [(f'sum by (dst_service) (rate(mesh_hedges_total{{service="$service"}}{RATE}))', "{{dst_service}} sent"),
+                            (f'sum by (dst_service) (rate(mesh_hedges_won_total{{service="$service"}}{RATE}))', "{{dst_service}} won")],
+                 w=12, unit="reqps",
+                 description="Second attempts of hedged methods whose first attempt was late, and those that answered first.")
+    b.timeseries("Inbound concurrency limit (this service's apps)",
+                 [(f'min(mesh_inbound_concurrency_limit{{service="$service"}})', "lowest limit"),
+                  (f'sum(rate(mesh_proxy_errors_total{{service="$service", direction="inbound", reason="app_overloaded"}}{RATE})) or vector(0)',
+                   "refused /s")], w=12,
+                 description="The adaptive limit in front of each app (it refuses only while the app queues) and the calls it "
+                             "refused with RESOURCE_EXHAUSTED (mesh-error: app_overloaded).")
+    b.row("Traffic policy (calls to this service)")
+    b.timeseries("Requests by route and subset",
+                 [(f'sum by (route, subset) (rate(mesh_route_requests_total{{dst_service="$service"}}{RATE}))',
+                   "{{route}} -> {{subset}}")], w=8, unit="reqps",
+                 description="Callers' calls to this service that took a route of its policy, by route and the subset its "
+                             "split drew (all: every instance): a canary's share.")
+    b.timeseries("Success rate by subset",
+                 [(f'sum by (subset) (rate(mesh_route_requests_total{{dst_service="$service", grpc_status="OK"}}{RATE})) '
+                   f'/ sum by (subset) (rate(mesh_route_requests_total{{dst_service="$service"}}{RATE}))', "{{subset}}")],
+                 w=8, unit="percentunit",
+                 description="The share of routed calls answered OK, per subset: compare the canary with the stable version.")
+    b.timeseries("Policy revision per proxy",
+                 [('max by (service, instance) (mesh_policy_revision{dst_service="$service", state="in_force"})',
+                   "{{service}}/{{instance}}")], w=8,
+                 description="The etcd revision of this service's policy each caller's proxy runs: after a change, every line "
+                             "moves to the new revision within a second (meshctl status names the versions).")
+    b.timeseries("Rate-limited calls (this service's proxies)",
+                 [(f'sum by (limit) (rate(mesh_rate_limited_total{{service="$service"}}{RATE})) or vector(0)', "{{limit}}")],
+                 w=12, unit="reqps",
+                 description="Calls to this service refused by its policy's rate limits (RESOURCE_EXHAUSTED, "
+                             "mesh-error: rate_limited), by limit.")
+    b.timeseries("Mirrored calls",
+                 [(f'sum by (service, outcome) (rate(mesh_mirrored_total{{dst_service="$service"}}{RATE})) or vector(0)',
+                   "from {{service}}: {{outcome}}")], w=12, unit="reqps",
+                 description="Copies of callers' calls sent to this service as a shadow: answered, failed, or skipped (body over "
+                             "64 KiB, too many in flight). The callers never see them.")
     return b
 
 

@@ -5,7 +5,7 @@
 # provides is missing.
 #
 #   scripts/install-deps.sh            install what the build and the tests need
-#   scripts/install-deps.sh --bench    also what scripts/bench.sh needs (nginx, HAProxy, h2load)
+#   scripts/install-deps.sh --bench    also what scripts/bench.sh and callcost.sh need (nginx, HAProxy, h2load, valgrind)
 #   scripts/install-deps.sh --check    install nothing; list what is missing, fail if anything is
 #
 # Uses sudo when not root. Needs a Rust toolchain (rustup's) already on PATH; adds rustfmt and
@@ -47,6 +47,7 @@ if ((bench)); then
     "cmd:nginx                                           nginx"
     "cmd:haproxy                                         haproxy"
     "cmd:h2load                                          nghttp2-client"
+    "cmd:valgrind                                        valgrind"
   )
 fi
 # Python module the tests import                          PyPI distribution

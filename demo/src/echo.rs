@@ -42,6 +42,25 @@ pub(crate) struct Args {
     /// benchmark turns it off so that replies do not grow with each header a hop adds.
     #[arg(long = "echo-metadata", env = "DEMO_ECHO_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     echo_metadata: bool,
+    /// Work on at most this many unary calls at once and line up the rest, as a thread pool
+    /// does: an app with a fixed capacity, for overload tests. Unbounded when absent.
+    #[arg(long = "max-concurrency", env = "DEMO_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_concurrency: Option<u32>,
+    /// This percentage of unary calls waits `--slow-ms` more: a replica with a slow tail, for
+    /// hedging tests.
+    #[arg(long = "slow-percent", env = "DEMO_SLOW_PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    slow_percent: u8,
+    /// How much longer a slow call takes, milliseconds.
+    #[arg(long = "slow-ms", env = "DEMO_SLOW_MS", default_value_t = 500)]
+    slow_ms: u32,
+    /// This percentage of unary calls fails with INTERNAL (after any slowness): a broken
+    /// replica or shadow, for tests.
+    #[arg(long = "fail-percent", env = "DEMO_FAIL_PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    fail_percent: u8,
+    /// Append the `x-request-id` of each unary call to this file as it arrives, one per line,
+    /// written at once (it survives a SIGKILL): tests count calls processed twice.
+    #[arg(long = "request-log", env = "DEMO_REQUEST_LOG", value_name = "PATH")]
+    request_log: Option<std::path::PathBuf>,
     #[command(flatten)]
     register: RegisterArgs,
 }
@@ -57,6 +76,14 @@ struct EchoService {
     counters: Arc<Counters>,
     next: Option<EchoClient<tonic::transport::Channel>>,
     echo_metadata: bool,
+    /// Present with `--max-concurrency`: a unary call works only while it holds a permit.
+    workers: Option<Arc<tokio::sync::Semaphore>>,
+    /// `--slow-percent` and `--slow-ms`.
+    slow: (u8, u32),
+    /// `--fail-percent`.
+    fail_percent: u8,
+    /// `--request-log`.
+    request_log: Option<Arc<parking_lot::Mutex<std::fs::File>>>,
 }
 
 /// Counts a call as cancelled if it is dropped before it completes.
@@ -145,6 +172,15 @@ impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let started = std::time::Instant::now();
         let guard = CallGuard::new(&self.counters);
+        let _worker = match &self.workers {
+            Some(workers) => Some(workers.acquire().await.map_err(|_| Status::unavailable("shutting down"))?),
+            None => None,
+        };
+        if let (Some(log), Some(id)) = (&self.request_log, request.metadata().get("x-request-id")) {
+            use std::io::Write as _;
+            let line = [id.as_bytes(), b"\n"].concat();
+            log.lock().write_all(&line).map_err(|e| Status::internal(format!("request log: {e}")))?;
+        }
         let req = request.get_ref();
         // In a chain, the last link waits `delay_ms`; each link's reply carries what the next
         // one saw, under `next/`.
@@ -159,6 +195,13 @@ impl Echo for EchoService {
             next_seen = reply.into_inner().metadata.into_iter().map(|(k, v)| (format!("next/{k}"), v)).collect();
         } else {
             delay(req.delay_ms).await;
+        }
+        if self.slow.0 > 0 && fastrand::u8(..100) < self.slow.0 {
+            delay(self.slow.1).await;
+        }
+        if self.fail_percent > 0 && fastrand::u8(..100) < self.fail_percent {
+            guard.finish();
+            return Err(Status::internal(format!("{} failed on purpose (--fail-percent)", self.instance)));
         }
         let reply = self.reply(req, request.metadata(), 0).map(|mut reply| {
             if self.echo_metadata {
@@ -231,6 +274,10 @@ impl Echo for EchoService {
             counters: self.counters.clone(),
             next: None,
             echo_metadata: self.echo_metadata,
+            workers: None,
+            slow: (0, 0),
+            fail_percent: 0,
+            request_log: None,
         };
         let md = metadata.clone();
         tokio::spawn(async move {
@@ -282,6 +329,19 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
         counters: Arc::default(),
         next,
         echo_metadata: args.echo_metadata,
+        workers: args.max_concurrency.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))),
+        slow: (args.slow_percent, args.slow_ms),
+        fail_percent: args.fail_percent,
+        request_log: match &args.request_log {
+            Some(path) => Some(Arc::new(parking_lot::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("--request-log {}: {e}", path.display()))?,
+            ))),
+            None => None,
+        },
     };
     let service = EchoServer::new(service)
         .max_decoding_message_size(64 * 1024 * 1024)

@@ -132,8 +132,13 @@ impl Proxy {
             Duration::from_secs(5),
         );
         let (tracer, flush) = start_export(&config, &registry, &telemetry)?;
-        let admin_state =
-            Arc::new(AdminState { ready: false.into(), serving: false.into(), registry, identity: Default::default() });
+        let admin_state = Arc::new(AdminState {
+            ready: false.into(),
+            serving: false.into(),
+            registry,
+            identity: Default::default(),
+            policies: Default::default(),
+        });
         {
             let (state, telemetry) = (admin_state.clone(), telemetry.clone());
             tokio::spawn(async move { admin::serve(listeners.admin, state, &telemetry).await });
@@ -162,6 +167,15 @@ impl Proxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         let outbound =
             outbound(&config, &telemetry, tracer.clone(), identity.as_ref(), &etcd, registry_metrics.clone());
+        let lease = config.registration.as_ref().map(|r| r.lease).unwrap_or_default();
+        let (status, status_json) = crate::outbound::report::start(
+            etcd.clone(),
+            &config.layout,
+            (&config.service, &config.instance_id),
+            outbound.policies.clone(),
+            lease,
+        );
+        let _ = admin_state.policies.set(status_json);
         let outbound_listener = Listener {
             listener: listeners.outbound,
             direction: Direction::Outbound,
@@ -171,6 +185,7 @@ impl Proxy {
             drain: config.drain_timeout,
             tasks: outbound_tasks,
         };
+        let (policies, discovery) = (outbound.policies.clone(), outbound.discovery.clone());
         let outbound_server =
             tokio::spawn(listen::serve(outbound_listener, move |req| outbound.handle(req), stop_rx.clone()));
         let inbound_server = match (listeners.inbound, &config.inbound) {
@@ -197,6 +212,17 @@ impl Proxy {
                     telemetry: telemetry.clone(),
                     tracer,
                     local: config.service.clone(),
+                    limit: inbound::limit::ConcurrencyLimit::new(settings.limit, telemetry.clone()),
+                    service_policy: {
+                        let local = config.service.clone();
+                        inbound::ServicePolicyFn(Box::new(move || policies.policy(&local)))
+                    },
+                    rate_limits: {
+                        let local = config.service.clone();
+                        inbound::ratelimit::RateLimiter::new(Box::new(move || {
+                            discovery.balancer(&local).map_or(1, |b| b.len())
+                        }))
+                    },
                 });
                 let listener = Listener {
                     listener,
@@ -257,6 +283,7 @@ impl Proxy {
             // Peers keep routing here until the removal reaches their watch.
             tokio::time::sleep(settings.deregister_wait).await;
         }
+        status.deregister().await;
         tracing::info!("shutting down: draining");
         let _ = stop_tx.send(true);
         let _ = outbound_server.await;
@@ -300,7 +327,11 @@ fn outbound(
         tracer,
         local: config.service.clone(),
         fail_fast: settings.fail_fast_timeout,
-        policies: crate::outbound::policy::Policies::follow(etcd.clone(), config.layout.clone(), telemetry.clone()),
+        policies: Arc::new(crate::outbound::policy::Policies::follow(
+            etcd.clone(),
+            config.layout.clone(),
+            telemetry.clone(),
+        )),
     })
 }
 

@@ -16,6 +16,7 @@ mod output;
 mod policy;
 mod probe;
 mod services;
+mod status;
 mod token;
 
 use output::Format;
@@ -29,6 +30,9 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', env = "MESH_OUTPUT", value_enum, default_value = "table", global = true)]
     output: Format,
+    /// Who makes a policy change, recorded in its history (default: the OS user and host).
+    #[arg(long = "as", env = "MESH_OPERATOR", global = true)]
+    operator: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,21 +71,48 @@ enum Command {
     /// Validate, apply and inspect authorization policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Check a service policy file (timeouts, retries, retry budget) without applying it. Needs
-    /// no etcd.
+    /// Check a service policy file (timeouts, retries, subsets, routes) without applying it.
+    /// Needs no etcd.
     Validate {
-        /// The document (JSON; schema in docs/policy.schema.json).
+        /// The document (JSON, or YAML if named .yaml/.yml; docs/policy.md).
         #[arg(long, short = 'f')]
         file: std::path::PathBuf,
     },
-    /// Check and store a service policy; callers' proxies follow it within a second.
+    /// Check and store a service policy as a new version; callers' proxies follow it within a
+    /// second.
     Apply {
         /// The destination service the policy is for.
         service: ServiceName,
-        /// The document (JSON).
+        /// The document (JSON, or YAML if named .yaml/.yml).
+        #[arg(long, short = 'f')]
+        file: std::path::PathBuf,
+        /// Store it even if a split or mirror names a subset that has no instance yet.
+        #[arg(long = "allow-empty-subsets")]
+        allow_empty_subsets: bool,
+    },
+    /// Show what applying a file would change in a service's live policy (exit 1 if anything).
+    Diff {
+        /// The destination service.
+        service: ServiceName,
+        /// The document (JSON, or YAML if named .yaml/.yml).
         #[arg(long, short = 'f')]
         file: std::path::PathBuf,
     },
+    /// List a service policy's versions (the last 50): who applied each, and when.
+    History {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Make an earlier version's document live again, as a new version.
+    Rollback {
+        /// The service.
+        service: ServiceName,
+        /// The version to restore (default: the one before the live one).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Which policy version each proxy runs, per service: a rollout's convergence.
+    Status,
     /// Show a service's policy.
     Show {
         /// The service.
@@ -162,7 +193,7 @@ fn main() {
         }
     };
     if let Err(error) = runtime.block_on(run(cli)) {
-        if !matches!(error, Error::CheckFailed) {
+        if !matches!(error, Error::CheckFailed | Error::Apply(apply::ApplyError::Differs)) {
             eprintln!("error: {error}");
         }
         std::process::exit(1);
@@ -180,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let mut client = config.connect().await?;
     let layout = &cli.etcd.prefix;
     let unreachable = |source| Error::Unreachable { endpoints: config.endpoints_display(), source };
+    let by = cli.operator.clone().unwrap_or_else(mesh_registry::versions::local_user);
     match cli.command {
         Command::Services => services::run(&mut client, layout, cli.output).await.map_err(unreachable),
         Command::Endpoints { service } => {
@@ -191,9 +223,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Identity { admin, warn_within } => show_identity(&admin, warn_within, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
         Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
-        Command::Apply { service, file } => Ok(apply::apply(&mut client, layout, &service, &file).await?),
+        Command::Apply { service, file, allow_empty_subsets } => {
+            Ok(apply::apply(&mut client, layout, &service, &file, &by, allow_empty_subsets).await?)
+        }
+        Command::Diff { service, file } => Ok(apply::diff(&mut client, layout, &service, &file).await?),
+        Command::History { service } => Ok(apply::history(&mut client, layout, &service, cli.output).await?),
+        Command::Rollback { service, to } => Ok(apply::rollback(&mut client, layout, &service, to, &by).await?),
+        Command::Status => status::run(&mut client, layout, cli.output).await.map_err(unreachable),
         Command::Show { service } => Ok(apply::show(&mut client, layout, &service, cli.output).await?),
-        Command::Remove { service } => Ok(apply::remove(&mut client, layout, &service).await?),
+        Command::Remove { service } => Ok(apply::remove(&mut client, layout, &service, &by).await?),
         Command::Probe { .. } | Command::Validate { .. } => unreachable!("handled before connecting"),
     }
 }

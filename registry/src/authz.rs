@@ -9,6 +9,11 @@
 //! name, or `*` for any identity in the trust domain) and the method (`/pkg.Service/Method`,
 //! `/pkg.Service/*`, or `*`). A service without a policy follows the mesh-wide default
 //! (`allow-authenticated` when unset). Callers are identified by their mTLS certificate only.
+//!
+//! The same rules may live in the service's policy document instead (its `authorization` field,
+//! [`crate::policy`]): one document per service for everything. There they take precedence over
+//! the key above, which stays supported; moving them is one `meshctl apply` and one
+//! `meshctl policy delete` (the README's migration step).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +77,11 @@ impl Policy {
         let policy: Self = crate::document::decode(bytes, MAX_POLICY_BYTES).map_err(PolicyError)?;
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// Checks what the types cannot say (rule names, caller names, method patterns).
+    pub fn check(&self) -> Result<(), PolicyError> {
+        self.validate()
     }
 
     fn validate(&self) -> Result<(), PolicyError> {

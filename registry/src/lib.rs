@@ -18,7 +18,9 @@
 //! - [`identity`]: SPIFFE service identities; [`tokens`]: join tokens that bind a service name,
 //!   created by operators and verified by the certificate authority.
 //! - [`authz`]: authorization policies and their evaluation; [`policy`]: service policy
-//!   documents (timeouts, retries, the retry budget) callers' proxies follow; [`watch_prefix`]: a live copy of
+//!   documents (timeouts, retries, the retry budget) callers' proxies follow, and [`routes`]: their
+//!   subsets and routes (splits, header matches, sticky users, faults); [`versions`]: their
+//!   numbered, bounded history; [`limits`]: rate limits the service's own proxies enforce; [`status`]: which version each proxy runs; [`watch_prefix`]: a live copy of
 //!   any prefix's raw values (policies).
 //! - [`etcd`]: connection settings; [`metrics`]: counters for all of the above.
 //!
@@ -33,13 +35,17 @@ mod document;
 pub mod etcd;
 pub mod identity;
 pub mod layout;
+pub mod limits;
 pub mod list;
 pub mod metrics;
 pub mod name;
 pub mod policy;
 pub mod record;
 pub mod register;
+pub mod routes;
+pub mod status;
 pub mod tokens;
+pub mod versions;
 mod view;
 pub mod watch_prefix;
 

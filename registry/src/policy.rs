@@ -26,13 +26,16 @@
 //! Without a document, every call gets the built-in defaults. The JSON Schema of the document is
 //! `docs/policy.schema.json`; the traffic-policy work extends this same document.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::document::method_matches;
 use crate::layout::Layout;
+use crate::limits::{MAX_RATE_LIMITS, RateLimit};
 use crate::name::ServiceName;
+use crate::routes::{MAX_ROUTES, MAX_SUBSETS, Route, Selector};
 
 /// Largest document accepted, bytes.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -71,6 +74,20 @@ pub struct ServicePolicy {
     /// How many calls each caller's proxy may have in flight to this service, and waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Named groups of the service's instances, by label ([`crate::routes`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, Selector>,
+    /// Where calls go, in order; the first that fits a call takes it ([`crate::routes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Limits the service's own proxies enforce on calls to it ([`crate::limits`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+    /// Which callers may call which methods (mTLS): the rules `meshctl policy` keeps at
+    /// `<prefix>/v1/authz/services/<service>`, here instead, where they take precedence
+    /// ([`crate::authz`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<crate::authz::Policy>,
 }
 
 /// Per caller proxy: calls in flight to the service at most, and calls waiting for a slot at
@@ -125,6 +142,29 @@ pub struct MethodPolicy {
     /// Attempts at most, the first included (1-5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Send a second attempt to another instance when the first is slow (idempotent methods
+    /// only); the first response wins and the other is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
+}
+
+/// When a hedged call's second attempt goes out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hedge {
+    /// After this many milliseconds without response headers; absent: after the service's
+    /// observed 95th percentile latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+/// When a hedge goes out, decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// After the service's observed 95th percentile.
+    P95,
+    /// After this long.
+    After(Duration),
 }
 
 /// A gRPC status code other than OK, by its canonical name.
@@ -196,6 +236,12 @@ impl ServicePolicy {
         Ok(policy)
     }
 
+    /// Checks what the types cannot say (ranges, references, uniqueness): for a document decoded
+    /// some other way than [`Self::parse`] (YAML, in `meshctl`).
+    pub fn check(&self) -> Result<(), PolicyError> {
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), PolicyError> {
         if self.methods.len() > MAX_METHODS {
             return Err(PolicyError(format!("more than {MAX_METHODS} methods entries")));
@@ -214,6 +260,12 @@ impl ServicePolicy {
                 Some(_) => {}
             }
             entry.validate().map_err(at)?;
+            if entry.hedge.is_some() && entry.idempotent.or(self.defaults.idempotent) != Some(true) {
+                return Err(at("hedge needs `idempotent: true`: a hedged call is sent twice".into()));
+            }
+        }
+        if self.defaults.hedge.is_some() && self.defaults.idempotent != Some(true) {
+            return Err(PolicyError("defaults: hedge needs `idempotent: true`: a hedged call is sent twice".into()));
         }
         if let Some(budget) = &self.retry_budget
             && !(0.0..=1.0).contains(&budget.ratio)
@@ -228,13 +280,84 @@ impl ServicePolicy {
         if self.circuit_breaker.is_some_and(|b| b.max_pending > MAX_IN_FLIGHT) {
             return Err(PolicyError(format!("circuit_breaker.max_pending must be 0-{MAX_IN_FLIGHT}")));
         }
+        self.validate_routes()
+    }
+
+    fn validate_routes(&self) -> Result<(), PolicyError> {
+        if self.subsets.len() > MAX_SUBSETS {
+            return Err(PolicyError(format!("more than {MAX_SUBSETS} subsets")));
+        }
+        for (name, selector) in &self.subsets {
+            if name.is_empty() || name.len() > 63 {
+                return Err(PolicyError(format!("subsets: name {name:?} must be 1-63 characters")));
+            }
+            if selector.0.is_empty() {
+                return Err(PolicyError(format!("subsets.{name}: give at least one label")));
+            }
+        }
+        if self.routes.len() > MAX_ROUTES {
+            return Err(PolicyError(format!("more than {MAX_ROUTES} routes")));
+        }
+        let mut names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |e: String| PolicyError(format!("routes[{i}] ({:?}): {e}", route.name));
+            route.validate(&self.subsets).map_err(at)?;
+            if !names.insert(&*route.name) {
+                return Err(at("another route has this name".into()));
+            }
+            let settings = route.settings.as_ref();
+            if settings.and_then(|s| s.hedge).is_some()
+                && settings.and_then(|s| s.idempotent).or(self.defaults.idempotent) != Some(true)
+            {
+                return Err(at("settings: hedge needs `idempotent: true`: a hedged call is sent twice".into()));
+            }
+        }
+        if let Some(authorization) = &self.authorization {
+            authorization.check().map_err(|e| PolicyError(format!("authorization: {e}")))?;
+        }
+        if self.rate_limits.len() > MAX_RATE_LIMITS {
+            return Err(PolicyError(format!("more than {MAX_RATE_LIMITS} rate limits")));
+        }
+        let mut names = HashSet::new();
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            let at = |e: String| PolicyError(format!("rate_limits[{i}] ({:?}): {e}", limit.name));
+            limit.validate().map_err(at)?;
+            if !names.insert(limit.name.as_str()) {
+                return Err(at("another rate limit has this name".into()));
+            }
+        }
         Ok(())
     }
 
     /// The settings of a call to `path`.
     pub fn settings(&self, path: &str) -> MethodSettings {
+        self.settings_on(path, None)
+    }
+
+    /// The settings of a call to `path` that took `route`: the route's own, then the method's.
+    pub fn settings_on(&self, path: &str, route: Option<&Route>) -> MethodSettings {
         let entry = self.methods.iter().find(|m| m.matches.as_deref().is_some_and(|p| method_matches(p, path)));
-        MethodSettings::resolve(entry, &self.defaults)
+        MethodSettings::resolve([route.and_then(|r| r.settings.as_ref()), entry, Some(&self.defaults)])
+    }
+
+    /// The first route that takes a call to `path` with headers `header(name)`, and its index in
+    /// `routes`. Routes often test one header in turn (one route per tenant, per version): a
+    /// header looked up for one route is not looked up again for the next.
+    pub fn route<'p, 'h>(
+        &'p self,
+        path: &str,
+        header: impl Fn(&http::HeaderName) -> Option<&'h [u8]>,
+    ) -> Option<(usize, &'p Route)> {
+        let last = std::cell::Cell::new(None);
+        let lookup = |name: &'p http::HeaderName| match last.get() {
+            Some((seen, value)) if seen == name => value,
+            _ => {
+                let value = header(name);
+                last.set(Some((name, value)));
+                value
+            }
+        };
+        self.routes.iter().enumerate().find(|(_, r)| r.fits(path, lookup))
     }
 
     /// The retry budget (the default one when the document sets none).
@@ -249,7 +372,7 @@ impl ServicePolicy {
 }
 
 impl MethodPolicy {
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         for (name, value) in [("timeout_ms", self.timeout_ms), ("per_try_timeout_ms", self.per_try_timeout_ms)] {
             if value.is_some_and(|ms| ms == 0 || ms > MAX_TIMEOUT_MS) {
                 return Err(format!("{name} must be 1-{MAX_TIMEOUT_MS}"));
@@ -257,6 +380,9 @@ impl MethodPolicy {
         }
         if self.max_attempts.is_some_and(|n| n == 0 || n > MAX_ATTEMPTS) {
             return Err(format!("max_attempts must be 1-{MAX_ATTEMPTS}"));
+        }
+        if self.hedge.and_then(|h| h.delay_ms).is_some_and(|ms| ms == 0 || ms > MAX_TIMEOUT_MS) {
+            return Err(format!("hedge.delay_ms must be 1-{MAX_TIMEOUT_MS}"));
         }
         Ok(())
     }
@@ -275,6 +401,8 @@ pub struct MethodSettings {
     pub retry_on: u32,
     /// Attempts at most, the first included.
     pub max_attempts: u32,
+    /// Whether and when a second attempt races the first (idempotent calls only).
+    pub hedge: Option<HedgeDelay>,
 }
 
 impl Default for MethodSettings {
@@ -285,21 +413,26 @@ impl Default for MethodSettings {
             idempotent: false,
             retry_on: 1 << Code::Unavailable as u32,
             max_attempts: 3,
+            hedge: None,
         }
     }
 }
 
 impl MethodSettings {
-    fn resolve(entry: Option<&MethodPolicy>, defaults: &MethodPolicy) -> Self {
+    /// Each field from the first layer that sets it (route, method entry, defaults), else built in.
+    fn resolve(layers: [Option<&MethodPolicy>; 3]) -> Self {
         let built_in = Self::default();
-        let pick = |f: fn(&MethodPolicy) -> Option<u64>| entry.and_then(f).or_else(|| f(defaults));
-        let retry_on = entry.and_then(|e| e.retry_on.as_ref()).or(defaults.retry_on.as_ref());
+        let layers = || layers.into_iter().flatten();
+        let retry_on = layers().find_map(|m| m.retry_on.as_ref());
         Self {
-            timeout: pick(|m| m.timeout_ms).map(Duration::from_millis),
-            per_try_timeout: pick(|m| m.per_try_timeout_ms).map(Duration::from_millis),
-            idempotent: entry.and_then(|e| e.idempotent).or(defaults.idempotent).unwrap_or(built_in.idempotent),
+            timeout: layers().find_map(|m| m.timeout_ms).map(Duration::from_millis),
+            per_try_timeout: layers().find_map(|m| m.per_try_timeout_ms).map(Duration::from_millis),
+            idempotent: layers().find_map(|m| m.idempotent).unwrap_or(built_in.idempotent),
             retry_on: retry_on.map_or(built_in.retry_on, |codes| codes.iter().fold(0, |set, c| set | 1 << *c as u32)),
-            max_attempts: entry.and_then(|e| e.max_attempts).or(defaults.max_attempts).unwrap_or(built_in.max_attempts),
+            max_attempts: layers().find_map(|m| m.max_attempts).unwrap_or(built_in.max_attempts),
+            hedge: layers()
+                .find_map(|m| m.hedge)
+                .map(|h| h.delay_ms.map_or(HedgeDelay::P95, |ms| HedgeDelay::After(Duration::from_millis(ms)))),
         }
     }
 
@@ -309,7 +442,7 @@ impl MethodSettings {
     }
 }
 
-fn valid_pattern(p: &str) -> bool {
+pub(crate) fn valid_pattern(p: &str) -> bool {
     if p == "*" {
         return true;
     }
@@ -364,7 +497,59 @@ mod tests {
         let other = p.settings("/other.Svc/Call");
         assert_eq!(other.timeout, Some(Duration::from_secs(2)));
         assert_eq!(other.max_attempts, 3);
+        assert_eq!(other.hedge, None);
         assert_eq!(p.budget(), RetryBudget::default());
+        let hedged = parse(
+            r#"{"version":"v1","methods":[{"match":"/a.B/Fixed","idempotent":true,"hedge":{"delay_ms":40}},
+                                           {"match":"/a.B/*","idempotent":true,"hedge":{}}]}"#,
+        );
+        assert_eq!(hedged.settings("/a.B/Fixed").hedge, Some(HedgeDelay::After(Duration::from_millis(40))));
+        assert_eq!(hedged.settings("/a.B/Other").hedge, Some(HedgeDelay::P95));
+    }
+
+    #[test]
+    fn routes_testing_one_header_in_turn_look_it_up_once_and_still_see_every_header() {
+        let mut routes: Vec<String> = (0..19)
+            .map(|i| format!(r#"{{"name":"t{i}","match":{{"headers":[{{"name":"x-tenant","exact":"{i}"}}]}}}}"#))
+            .collect();
+        routes.insert(5, r#"{"name":"b","match":{"headers":[{"name":"x-b","present":true}]}}"#.into());
+        let p = parse(&format!(r#"{{"version":"v1","routes":[{}]}}"#, routes.join(",")));
+        let lookups = std::cell::Cell::new(0);
+        let headers = |pairs: &'static [(&'static str, &'static str)]| {
+            let lookups = &lookups;
+            move |name: &http::HeaderName| {
+                lookups.set(lookups.get() + 1);
+                pairs.iter().find(|(k, _)| *k == name.as_str()).map(|(_, v)| v.as_bytes())
+            }
+        };
+        let name = |found: Option<(usize, &Route)>| found.map(|(_, r)| r.name.to_string());
+        assert_eq!(name(p.route("/a.B/C", headers(&[("x-tenant", "18")]))), Some("t18".into()));
+        assert_eq!(lookups.get(), 3, "x-tenant before and after x-b, and x-b");
+        assert_eq!(name(p.route("/a.B/C", headers(&[("x-tenant", "7"), ("x-b", "")]))), Some("b".into()));
+        assert_eq!(name(p.route("/a.B/C", headers(&[("x-tenant", "99")]))), None);
+    }
+
+    #[test]
+    fn a_route_picks_by_method_and_header_and_its_settings_come_first() {
+        let p = parse(
+            r#"{"version":"v1","defaults":{"timeout_ms":2000},
+                "methods":[{"match":"/a.B/*","idempotent":true,"max_attempts":4}],
+                "subsets":{"v2":{"version":"v2"}},
+                "routes":[{"name":"testers","match":{"headers":[{"name":"x-canary","exact":"1"}]},
+                           "split":[{"subset":"v2","weight":100}],"settings":{"timeout_ms":50}},
+                          {"name":"gets","match":{"method":"/a.B/Get*"}}]}"#,
+        );
+        let none = |_: &http::HeaderName| None;
+        let canary = |name: &http::HeaderName| (name == "x-canary").then_some(&b"1"[..]);
+        let testers = p.route("/a.B/Put", canary).map(|(_, r)| r);
+        assert_eq!(testers.map(|r| &*r.name), Some("testers"));
+        assert_eq!(p.route("/a.B/GetX", none).map(|(i, r)| (i, &*r.name)), Some((1, "gets")));
+        assert!(p.route("/a.B/Put", none).is_none(), "no route: all instances");
+        let s = p.settings_on("/a.B/Put", testers);
+        assert_eq!(s.timeout, Some(Duration::from_millis(50)), "the route's own");
+        assert_eq!(s.max_attempts, 4, "then the method's");
+        assert!(s.idempotent);
+        assert_eq!(p.settings_on("/a.B/Put", None).timeout, Some(Duration::from_secs(2)), "then the defaults");
     }
 
     #[test]
@@ -388,7 +573,67 @@ mod tests {
             (r#"{"version":"v1","methods":[{"match":"*","retry_on":["OK"]}]}"#, "unknown variant `OK`"),
             (r#"{"version":"v1","retry_budget":{"ratio":1.5}}"#, "not within 0.0-1.0"),
             (r#"{"version":"v1","circuit_breaker":{"max_in_flight":0}}"#, "max_in_flight must be"),
+            (r#"{"version":"v1","methods":[{"match":"*","hedge":{}}]}"#, "hedge needs `idempotent: true`"),
+            (r#"{"version":"v1","defaults":{"hedge":{"delay_ms":5}}}"#, "hedge needs"),
+            (
+                r#"{"version":"v1","methods":[{"match":"*","idempotent":true,"hedge":{"delay_ms":0}}]}"#,
+                "hedge.delay_ms",
+            ),
+            (
+                r#"{"version":"v1","methods":[{"match":"*","idempotent":true,"hedge":{"after":5}}]}"#,
+                "unknown field `after`",
+            ),
             ("{\"version\":\"v1\",\n \"methods\": [}", "line 2"),
+            (r#"{"version":"v1","routes":[{"name":"r","split":[{"subset":"v2","weight":100}]}]}"#, "not defined"),
+            (
+                r#"{"version":"v1","subsets":{"a":{"v":"1"}},"routes":[{"name":"r","split":[{"subset":"a","weight":90}]}]}"#,
+                "add up to 90, not 100",
+            ),
+            (r#"{"version":"v1","routes":[{"name":"r","colour":1}]}"#, "unknown field `colour`"),
+            (
+                "{\"version\":\"v1\",\n\"routes\":[{\"name\":\"r\",\n\"match\":{\"headers\":[{\"name\":\"x\",\"regex\":\"(\"}]}}]}",
+                "does not compile",
+            ),
+            (
+                "{\"version\":\"v1\",\n\"routes\":[{\"name\":\"r\",\n\"match\":{\"headers\":[{\"name\":\"x\",\"regex\":\"(\"}]}}]}",
+                "line 3",
+            ),
+            (r#"{"version":"v1","routes":[{"name":"r"},{"name":"r"}]}"#, "another route has this name"),
+            (
+                r#"{"version":"v1","routes":[{"name":"r","match":{"headers":[{"name":"X-A","exact":"1"}]}}]}"#,
+                "lower-case",
+            ),
+            (
+                r#"{"version":"v1","routes":[{"name":"r","match":{"headers":[{"name":"x a","present":true}]}}]}"#,
+                "\"x a\"",
+            ),
+            (
+                r#"{"version":"v1","routes":[{"name":"r","split":[{"weight":100}],"sticky":{"header":"X-User"}}]}"#,
+                "lower-case",
+            ),
+            (
+                r#"{"version":"v1","routes":[{"name":"r","match":{"headers":[{"name":"x","exact":"1","prefix":"1"}]}}]}"#,
+                "exactly one of",
+            ),
+            (
+                r#"{"version":"v1","routes":[{"name":"r","fault":{"abort":{"percent":101,"code":"INTERNAL"}}}]}"#,
+                "0-100",
+            ),
+            (r#"{"version":"v1","subsets":{"a":{}}}"#, "at least one label"),
+            (r#"{"version":"v1","rate_limits":[{"name":"l","per_second":0}]}"#, "per_second must be"),
+            (
+                r#"{"version":"v1","authorization":{"rules":[{"name":"a","from":["Web!"],"methods":["*"]}]}}"#,
+                "authorization: invalid policy: rule \"a\"",
+            ),
+            (r#"{"version":"v1","rate_limits":[{"name":"l","per":"user","per_second":1}]}"#, "unknown variant `user`"),
+            (
+                r#"{"version":"v1","rate_limits":[{"name":"l","per_second":1},{"name":"l","per_second":2}]}"#,
+                "another rate limit has this name",
+            ),
+            (r#"{"version":"v1","routes":[{"name":"r","mirror":{"percent":5}}]}"#, "exactly one of subset, service"),
+            (r#"{"version":"v1","routes":[{"name":"r","mirror":{"subset":"x","percent":5}}]}"#, "not defined"),
+            (r#"{"version":"v1","routes":[{"name":"r","mirror":{"service":"Bad!","percent":5}}]}"#, "line 1"),
+            (r#"{"version":"v1","routes":[{"name":"r","settings":{"hedge":{}}}]}"#, "hedge needs"),
         ] {
             let err = ServicePolicy::parse(bad.as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(says), "{bad}: {err}");
@@ -402,10 +647,19 @@ mod tests {
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../docs/policy.schema.json")).unwrap_or_else(|e| panic!("{e}"));
         let full = r#"{"version":"v1",
-            "defaults":{"timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["UNAVAILABLE"],"max_attempts":2},
-            "methods":[{"match":"*","timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["INTERNAL"],"max_attempts":2}],
+            "defaults":{"timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["UNAVAILABLE"],"max_attempts":2,"hedge":{"delay_ms":3}},
+            "methods":[{"match":"*","timeout_ms":1,"per_try_timeout_ms":1,"idempotent":true,"retry_on":["INTERNAL"],"max_attempts":2,"hedge":{"delay_ms":3}}],
             "retry_budget":{"ratio":0.5,"min_per_second":3},
-            "circuit_breaker":{"max_in_flight":10,"max_pending":5}}"#;
+            "circuit_breaker":{"max_in_flight":10,"max_pending":5},
+            "subsets":{"canary":{"version":"v2"}},
+            "routes":[{"name":"r","match":{"method":"/a.B/*","headers":[{"name":"x-a","regex":"1|2"}]},
+                       "split":[{"subset":"canary","weight":100}],"sticky":{"header":"x-user"},
+                       "settings":{"timeout_ms":5},
+                       "fault":{"delay":{"percent":1,"ms":2},"abort":{"percent":3,"code":"INTERNAL"}},
+                       "mirror":{"service":"shadow","percent":5}},
+                      {"name":"m","mirror":{"subset":"canary","percent":5}}],
+            "rate_limits":[{"name":"l","match":{"method":"*"},"per":"caller","per_second":5,"burst":9}],
+            "authorization":{"rules":[{"name":"a","from":["web"],"methods":["/a.B/*"]}]}}"#;
         let doc = serde_json::to_value(parse(full)).unwrap_or_else(|e| panic!("{e}"));
         let keys = |v: &serde_json::Value| -> Vec<String> {
             let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
@@ -419,6 +673,17 @@ mod tests {
             (def("method"), &doc["defaults"]),
             (def("retry_budget"), &doc["retry_budget"]),
             (def("circuit_breaker"), &doc["circuit_breaker"]),
+            (def("hedge"), &doc["defaults"]["hedge"]),
+            (def("route"), &doc["routes"][0]),
+            (def("route_match"), &doc["routes"][0]["match"]),
+            (def("backend"), &doc["routes"][0]["split"][0]),
+            (def("sticky"), &doc["routes"][0]["sticky"]),
+            (def("fault"), &doc["routes"][0]["fault"]),
+            (def("rate_limit"), &doc["rate_limits"][0]),
+            (def("authorization"), &doc["authorization"]),
+            (def("authorization_rule"), &doc["authorization"]["rules"][0]),
+            (&def("fault")["properties"]["delay"], &doc["routes"][0]["fault"]["delay"]),
+            (&def("fault")["properties"]["abort"], &doc["routes"][0]["fault"]["abort"]),
         ] {
             assert_eq!(in_schema["additionalProperties"], false);
             let mut listed = keys(&in_schema["properties"]);
@@ -426,6 +691,20 @@ mod tests {
                 listed.retain(|k| k != "match");
             }
             assert_eq!(listed, keys(in_doc));
+        }
+        // A mirror goes to a subset or a service: both are in the schema and read.
+        assert_eq!(keys(&def("mirror")["properties"]), ["percent", "service", "subset"]);
+        assert_eq!(keys(&doc["routes"][0]["mirror"]), ["percent", "service"]);
+        assert_eq!(keys(&doc["routes"][1]["mirror"]), ["percent", "subset"]);
+        // A header condition holds one of four tests; each is in the schema and read.
+        let header = def("header_match");
+        assert_eq!(header["additionalProperties"], false);
+        assert_eq!(keys(&header["properties"]), ["exact", "name", "prefix", "present", "regex"]);
+        for test in [r#""exact":"1""#, r#""prefix":"1""#, r#""regex":"1""#, r#""present":true"#] {
+            let doc = format!(
+                r#"{{"version":"v1","routes":[{{"name":"r","match":{{"headers":[{{"name":"x",{test}}}]}}}}]}}"#
+            );
+            assert!(ServicePolicy::parse(doc.as_bytes()).is_ok(), "{test}");
         }
         let codes: Vec<&str> =
             def("code")["enum"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();

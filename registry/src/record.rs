@@ -43,7 +43,8 @@ pub struct InstanceRecord {
     /// (`spiffe://<trust-domain>/svc/<service>`). Filled in by the identity layer.
     #[serde(default)]
     pub identity: Option<String>,
-    /// When the instance started, RFC 3339 in UTC.
+    /// When the instance (its proxy) started, RFC 3339 in UTC to the millisecond. A new value at
+    /// the same address is a restart: callers drop what they knew of the old process.
     pub started_at: String,
 }
 
@@ -91,7 +92,7 @@ impl InstanceRecord {
             labels: BTreeMap::new(),
             weight: DEFAULT_WEIGHT,
             identity: None,
-            started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            started_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         }
     }
 

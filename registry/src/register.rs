@@ -94,7 +94,34 @@ impl Registration {
         let key = layout.instance(&record.service, &record.instance_id);
         let (state_tx, state) = watch::channel(RegistrationState::Registering);
         let (stop, stop_rx) = oneshot::channel();
-        let task = Registrar { client, key: key.clone(), value: record.encode(), config, metrics, state: state_tx };
+        let value = record.encode();
+        let task = Registrar { client, key: key.clone(), value, updates: None, config, metrics, state: state_tx };
+        let task = tokio::spawn(task.run(stop_rx));
+        Self { stop: Some(stop), task: Some(task), state, key }
+    }
+
+    /// Keeps any value at `key` on a lease of its own, the same way, and writes it again each
+    /// time `value` changes (a proxy's status record). `metrics` count it apart from instances
+    /// when given an undeclared [`Metrics::new`].
+    pub fn publish(
+        client: Client,
+        key: String,
+        mut value: watch::Receiver<Vec<u8>>,
+        config: RegistrationConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (state_tx, state) = watch::channel(RegistrationState::Registering);
+        let (stop, stop_rx) = oneshot::channel();
+        let current = value.borrow_and_update().clone();
+        let task = Registrar {
+            client,
+            key: key.clone(),
+            value: current,
+            updates: Some(value),
+            config,
+            metrics,
+            state: state_tx,
+        };
         let task = tokio::spawn(task.run(stop_rx));
         Self { stop: Some(stop), task: Some(task), state, key }
     }
@@ -139,9 +166,21 @@ struct Registrar {
     client: Client,
     key: String,
     value: Vec<u8>,
+    /// New values to write while registered (status records).
+    updates: Option<watch::Receiver<Vec<u8>>>,
     config: RegistrationConfig,
     metrics: Arc<Metrics>,
     state: watch::Sender<RegistrationState>,
+}
+
+/// The next value to write; pending forever without updates or once their sender is gone.
+async fn next_value(updates: Option<&mut watch::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    if let Some(rx) = updates
+        && rx.changed().await.is_ok()
+    {
+        return Some(rx.borrow_and_update().clone());
+    }
+    std::future::pending().await
 }
 
 /// Why a kept-alive lease stopped being ours.
@@ -213,6 +252,15 @@ impl Registrar {
             tokio::select! {
                 _ = &mut *stop => return Ended::Stop,
                 _ = tick.tick() => {}
+                Some(value) = next_value(self.updates.as_mut()) => {
+                    self.value = value;
+                    let put = PutOptions::new().with_lease(lease);
+                    if let Err(error) = self.client.put(self.key.as_str(), self.value.clone(), Some(put)).await {
+                        // Written at the next registration, or the next change.
+                        tracing::debug!(key = %self.key, %error, "could not update the record");
+                    }
+                    continue;
+                }
             }
             match self.keep_alive_once(lease, &mut stream).await {
                 Ok(ttl) if ttl > 0 => {

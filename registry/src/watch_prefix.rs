@@ -14,7 +14,22 @@ use tokio::sync::watch;
 use mesh_common::backoff::Backoff;
 
 /// Keys to raw values.
-pub type Values = Arc<BTreeMap<String, Vec<u8>>>;
+pub type Values = Arc<BTreeMap<String, Entry>>;
+
+/// One key's value, and the etcd revision that wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The key's `mod_revision`.
+    pub revision: i64,
+    /// The raw value.
+    pub value: Vec<u8>,
+}
+
+impl Entry {
+    fn of(kv: &etcd_client::KeyValue) -> Self {
+        Self { revision: kv.mod_revision(), value: kv.value().to_vec() }
+    }
+}
 
 /// Watches `prefix`; the receiver always holds the last known values (empty until the first
 /// list). The task ends when every receiver is dropped.
@@ -44,8 +59,8 @@ async fn follow(
 ) -> Result<(), etcd_client::Error> {
     let listed = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
     let revision = listed.header().map_or(0, |h| h.revision());
-    let mut values: BTreeMap<String, Vec<u8>> =
-        listed.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect();
+    let mut values: BTreeMap<String, Entry> =
+        listed.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), Entry::of(kv))).collect();
     tx.send_if_modified(|current| replace_if_changed(current, &values));
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = client.watch(prefix, Some(options)).await?;
@@ -58,7 +73,7 @@ async fn follow(
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match event.event_type() {
-                EventType::Put => values.insert(key, kv.value().to_vec()),
+                EventType::Put => values.insert(key, Entry::of(kv)),
                 EventType::Delete => values.remove(&key),
             };
         }
@@ -67,7 +82,7 @@ async fn follow(
     Ok(())
 }
 
-fn replace_if_changed(current: &mut Values, next: &BTreeMap<String, Vec<u8>>) -> bool {
+fn replace_if_changed(current: &mut Values, next: &BTreeMap<String, Entry>) -> bool {
     if current.as_ref() == next {
         return false;
     }

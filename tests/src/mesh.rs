@@ -119,6 +119,8 @@ pub struct EchoInstance {
     pub id: String,
     /// Where the app listens.
     pub app_addr: String,
+    /// Extra flags of the app, kept for restarts.
+    app_args: Vec<String>,
 }
 
 impl EchoInstance {
@@ -129,15 +131,33 @@ impl EchoInstance {
 
     /// The same, with extra sidecar environment (e.g. identity settings).
     pub fn start_with(etcd: &str, service: &str, id: &str, sidecar_env: &[(&str, &str)]) -> Self {
+        Self::start_app_with(etcd, service, id, &[], sidecar_env)
+    }
+
+    /// The same, with extra flags for the app (e.g. `--slow-percent 10`).
+    pub fn start_app_with(
+        etcd: &str,
+        service: &str,
+        id: &str,
+        app_args: &[&str],
+        sidecar_env: &[(&str, &str)],
+    ) -> Self {
         let app_addr = format!("127.0.0.1:{}", free_port());
-        let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", id], &[]);
+        let app_args: Vec<String> = app_args.iter().map(|a| (*a).to_string()).collect();
+        let app = Self::app(&app_addr, id, &app_args);
         let sidecar = Sidecar::start(etcd, service, id, &app_addr, sidecar_env);
-        Self { app, sidecar, id: id.to_string(), app_addr }
+        Self { app, sidecar, id: id.to_string(), app_addr, app_args }
+    }
+
+    fn app(addr: &str, id: &str, extra: &[String]) -> Proc {
+        let mut args = vec!["echo", "--listen", addr, "--instance-id", id];
+        args.extend(extra.iter().map(String::as_str));
+        Proc::start("mesh-demo", &args, &[])
     }
 
     /// Starts the app again (after it was killed), on the same address.
     pub fn restart_app(&mut self) {
-        self.app = Proc::start("mesh-demo", &["echo", "--listen", &self.app_addr, "--instance-id", &self.id], &[]);
+        self.app = Self::app(&self.app_addr, &self.id, &self.app_args);
     }
 
     /// Stops the instance the way an orchestrator should: the proxy first (it deregisters,
@@ -159,6 +179,21 @@ pub async fn echo_instances(etcd: &str, service: &str, n: usize) -> Vec<EchoInst
     instances
 }
 
+/// One ready instance of `service` per version, `<service>-<version>`, labelled `version=<version>`.
+pub async fn versioned_instances(etcd: &str, service: &str, versions: &[&str]) -> Vec<EchoInstance> {
+    let instances: Vec<EchoInstance> = versions
+        .iter()
+        .map(|v| {
+            let labels = format!("version={v}");
+            EchoInstance::start_with(etcd, service, &format!("{service}-{v}"), &[("MESH_LABELS", &labels)])
+        })
+        .collect();
+    for instance in &instances {
+        instance.sidecar.ready().await;
+    }
+    instances
+}
+
 /// A client-side sidecar: a proxy whose own app is never called (its outbound side is what the
 /// test uses). Registers as service `client`.
 pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {
@@ -167,9 +202,14 @@ pub async fn client_sidecar(etcd: &str) -> (Proc, Sidecar) {
 
 /// The same, with extra sidecar environment.
 pub async fn client_sidecar_with(etcd: &str, sidecar_env: &[(&str, &str)]) -> (Proc, Sidecar) {
+    client_sidecar_as(etcd, "client", sidecar_env).await
+}
+
+/// A client-side sidecar registered as service `service` (instance `<service>-1`).
+pub async fn client_sidecar_as(etcd: &str, service: &str, sidecar_env: &[(&str, &str)]) -> (Proc, Sidecar) {
     let app_addr = format!("127.0.0.1:{}", free_port());
     let app = Proc::start("mesh-demo", &["echo", "--listen", &app_addr, "--instance-id", "client-app"], &[]);
-    let sidecar = Sidecar::start(etcd, "client", "client-1", &app_addr, sidecar_env);
+    let sidecar = Sidecar::start(etcd, service, &format!("{service}-1"), &app_addr, sidecar_env);
     sidecar.ready().await;
     (app, sidecar)
 }
@@ -196,4 +236,59 @@ impl EchoMesh {
         let (client_app, client) = client_sidecar(&etcd.endpoint()).await;
         Self { etcd, server, client, _client_app: client_app }
     }
+}
+
+/// Applies a service policy with `meshctl validate` and `meshctl apply`, as a user would.
+pub fn apply_policy(etcd: &crate::etcd::Etcd, service: &str, policy: &str) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, policy).unwrap_or_else(|e| panic!("{e}"));
+    let file = file.to_string_lossy().into_owned();
+    let endpoint = etcd.endpoint();
+    for args in [vec!["validate", "-f", &file], vec!["apply", service, "-f", &file]] {
+        let mut all = vec!["--etcd-endpoints", &endpoint];
+        all.extend(args);
+        let (code, out, err) = crate::process::run("meshctl", &all);
+        assert_eq!(code, 0, "meshctl {all:?}: {out}{err}");
+    }
+}
+
+/// Waits until each of `proxies` runs the live revision of `service`'s policy (what its admin
+/// endpoint `/policies` reports): a policy applied is then in force there, however busy the machine.
+pub async fn policy_in_force(etcd: &crate::etcd::Etcd, service: &str, proxies: &[&Sidecar]) {
+    let mut client = etcd.client().await;
+    let resp = client.get(format!("/mesh/v1/policies/{service}"), None).await.unwrap_or_else(|e| panic!("{e}"));
+    let live = resp.kvs().first().map_or(0, etcd_client::KeyValue::mod_revision);
+    for proxy in proxies {
+        let what = format!("proxy {} to run revision {live} of {service}'s policy", proxy.admin);
+        eventually(&what, Duration::from_secs(10), || async {
+            let (_, body) = admin_get(&proxy.admin, "/policies").await?;
+            let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (status["policies"][service]["revision"] == live).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Runs `meshctl` against `etcd`: (exit code, stdout, stderr).
+pub fn meshctl(etcd: &crate::etcd::Etcd, args: &[&str]) -> (i32, String, String) {
+    let endpoint = etcd.endpoint();
+    let mut all = vec!["--etcd-endpoints", endpoint.as_str()];
+    all.extend_from_slice(args);
+    crate::process::run("meshctl", &all)
+}
+
+/// What the apps of `instances` counted, asked of them directly: calls served, and calls
+/// cancelled before they answered (summed).
+pub async fn app_counts(instances: &[EchoInstance]) -> (u64, u64) {
+    let (mut calls, mut cancelled) = (0, 0);
+    for instance in instances {
+        let mut app =
+            EchoClient::connect(format!("http://{}", instance.app_addr)).await.unwrap_or_else(|e| panic!("{e}"));
+        let stats =
+            app.stats(mesh_proto::demo::v1::StatsRequest {}).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+        calls += stats.calls;
+        cancelled += stats.cancelled;
+    }
+    (calls, cancelled)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mesh_tests::ca::{ControlPlane, as_env};
 use mesh_tests::etcd::Etcd;
 use mesh_tests::load::{Load, assert_no_failures};
-use mesh_tests::mesh::client_sidecar_with;
+use mesh_tests::mesh::{apply_policy, client_sidecar_with};
 use mesh_tests::telemetry::{Collector, Prometheus, chained_echo, exporting};
 use serde_json::Value;
 
@@ -133,6 +133,8 @@ async fn every_panel_query_and_alert_rule_works_on_a_real_mesh() {
     for (_, sidecar) in &mesh {
         sidecar.ready().await;
     }
+    // A route on b, so its Traffic policy panels have something to show.
+    apply_policy(&etcd, "b", r#"{"version":"v1","routes":[{"name":"all"}]}"#);
     let (_client_app, client) = client_sidecar_with(&etcd.endpoint(), &as_env(&env_for("client"))).await;
     let load = Load::start(client.echo_client("a").await, 2, Duration::from_millis(20));
 

@@ -104,3 +104,39 @@ async fn policies_allow_deny_and_change_without_restarts() {
     assert!(metrics.contains(r#"mesh_authz_decisions_total{result="deny"}"#), "{metrics}");
     assert!(metrics.contains(r#"mesh_limit_hits_total{limit="invalid_policy"}"#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_in_the_service_policy_take_precedence_and_migrate_in_two_steps() {
+    let s = SecuredMesh::start().await;
+    let (_intruder_app, intruder) = s.caller("intruder").await;
+    let dir = tempfile::tempdir().unwrap();
+    let meshctl = |args: &[&str]| mesh_tests::mesh::meshctl(&s.etcd, args);
+    let mut allowed = s.client.echo_client("echo").await;
+    let mut intruding = intruder.echo_client("echo").await;
+
+    // The old way allows everyone; the service policy's rules allow only `client`, and win.
+    let everyone = policy_file(dir.path(), "all.json", r#"{"rules":[{"name":"all","from":["*"],"methods":["*"]}]}"#);
+    assert_eq!(meshctl(&["policy", "set", "echo", "-f", &everyone]).0, 0);
+    let service_policy = policy_file(
+        dir.path(),
+        "echo.json",
+        r#"{"version":"v1","defaults":{"timeout_ms":5000},
+            "authorization":{"rules":[{"name":"client-only","from":["client"],"methods":["/mesh.demo.v1.Echo/*"]}]}}"#,
+    );
+    let (code, out, err) = meshctl(&["apply", "echo", "-f", &service_policy]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = eventually("the service policy's rules to apply", Duration::from_secs(5), || {
+        let mut intruding = intruding.clone();
+        async move { intruding.unary(EchoRequest::default()).await.err() }
+    })
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("client-only"), "{}", status.message());
+    allowed.unary(EchoRequest::default()).await.unwrap();
+
+    // The migration's second step: the old rules go, the service policy's stay in force.
+    assert_eq!(meshctl(&["policy", "delete", "echo"]).0, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(intruding.unary(EchoRequest::default()).await.unwrap_err().code(), Code::PermissionDenied);
+    allowed.unary(EchoRequest::default()).await.unwrap();
+}

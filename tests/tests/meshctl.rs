@@ -131,3 +131,55 @@ async fn a_bad_service_policy_is_refused_with_its_line_and_never_stored() {
     let (code, _, _) = run("meshctl", &["--etcd-endpoints", &ep, "remove", "echo"]);
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_policies_validate_with_their_line_and_diff_shows_what_apply_would_change() {
+    let etcd = Etcd::start().await;
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let canary = |v2: u32| {
+        format!(
+            "version: v1\nsubsets:\n  v1: {{version: v1}}\n  v2: {{version: v2}}\nroutes:\n  - name: canary\n    split:\n      - {{subset: v1, weight: {}}}\n      - {{subset: v2, weight: {v2}}}\n",
+            100 - v2
+        )
+    };
+    let ten = yaml("ten.yaml", &canary(10));
+    let (code, out, err) = run("meshctl", &["validate", "-f", &ten]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 subsets, 1 routes"), "{out}");
+
+    // A regex that does not compile, on line 5 of a YAML file.
+    let bad = yaml(
+        "bad.yaml",
+        "version: v1\nroutes:\n  - name: r\n    match:\n      headers: [{name: x-user, regex: \"(unclosed\"}]\n",
+    );
+    let (code, _, err) = run("meshctl", &["validate", "-f", &bad]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not compile") && err.contains("line 5"), "{err}");
+
+    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &ep, "diff", "web", "-f", &ten]);
+    assert_eq!(code, 1, "no live policy yet: everything differs\n{out}{err}");
+    // No instance of web is registered: a split to its subsets is refused unless asked for.
+    let (code, _, err) = run("meshctl", &["--etcd-endpoints", &ep, "apply", "web", "-f", &ten]);
+    assert_eq!(code, 1);
+    assert!(err.contains("web has no instance in subset \"v1\" (route \"canary\")"), "{err}");
+    assert!(err.contains("--allow-empty-subsets"), "the message says how to go on: {err}");
+    let (code, _, _) = run("meshctl", &["--etcd-endpoints", &ep, "history", "web"]);
+    assert_eq!(code, 1, "nothing was stored");
+    let (code, out, err) =
+        run("meshctl", &["--etcd-endpoints", &ep, "apply", "web", "-f", &ten, "--allow-empty-subsets"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied version 1"), "{out}");
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "diff", "web", "-f", &ten]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no changes"), "{out}");
+    let fifty = yaml("fifty.yaml", &canary(50));
+    let (code, out, _) = run("meshctl", &["--etcd-endpoints", &ep, "diff", "web", "-f", &fifty]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("-          \"weight\": 90") && out.contains("+          \"weight\": 50"), "{out}");
+}

@@ -10,37 +10,18 @@
 
 use std::time::{Duration, Instant};
 
-use mesh_proto::demo::v1::echo_client::EchoClient;
-use mesh_proto::demo::v1::{EchoRequest, StatsRequest};
+use mesh_proto::demo::v1::EchoRequest;
 use mesh_tests::etcd::Etcd;
-use mesh_tests::mesh::{EchoInstance, Sidecar, client_sidecar, echo_instances, metric_sum};
-use mesh_tests::process::run;
+use mesh_tests::mesh::{EchoInstance, Sidecar, app_counts, apply_policy, client_sidecar, echo_instances, metric_sum};
 use mesh_tests::telemetry::chained_echo;
 use tonic::Code;
 
 /// The tests here measure latency and load: one at a time, so they do not load each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Applies a service policy with `meshctl apply`.
-fn apply(etcd: &Etcd, service: &str, policy: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("policy.json");
-    std::fs::write(&file, policy).unwrap();
-    let file = file.to_str().unwrap();
-    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &etcd.endpoint(), "validate", "-f", file]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run("meshctl", &["--etcd-endpoints", &etcd.endpoint(), "apply", service, "-f", file]);
-    assert_eq!(code, 0, "{out}{err}");
-}
-
-/// Calls every instance's app has served, asked of the apps directly.
+/// Calls every instance's app has served.
 async fn served(instances: &[EchoInstance]) -> u64 {
-    let mut total = 0;
-    for instance in instances {
-        let mut app = EchoClient::connect(format!("http://{}", instance.app_addr)).await.unwrap();
-        total += app.stats(StatsRequest {}).await.unwrap().into_inner().calls;
-    }
-    total
+    app_counts(instances).await.0
 }
 
 fn unavailable(pushback: &str) -> EchoRequest {
@@ -68,7 +49,7 @@ async fn idempotent_calls_are_retried_within_the_budget_and_pushback() {
     }
     assert_eq!(served(&instances).await - before, 20, "a method not declared idempotent is never retried");
 
-    apply(
+    apply_policy(
         &etcd,
         "echo",
         r#"{"version":"v1","methods":[{"match":"/mesh.demo.v1.Echo/Unary","idempotent":true,"max_attempts":3}]}"#,
@@ -164,7 +145,7 @@ async fn deadlines_shrink_along_a_chain_and_a_spent_deadline_is_never_retried() 
     for (_, sidecar) in &chain {
         sidecar.ready().await;
     }
-    apply(&etcd, "c", r#"{"version":"v1","defaults":{"idempotent":true}}"#);
+    apply_policy(&etcd, "c", r#"{"version":"v1","defaults":{"idempotent":true}}"#);
     let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
     let mut a = client.echo_client("a").await;
     let call = |fail_code: i32, deadline: Duration| {
@@ -228,7 +209,7 @@ async fn a_frozen_app_costs_idempotent_calls_nothing_with_a_per_try_timeout() {
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let instances = echo_instances(&etcd.endpoint(), "echo", 3).await;
-    apply(
+    apply_policy(
         &etcd,
         "echo",
         r#"{"version":"v1","methods":[{"match":"/mesh.demo.v1.Echo/*","idempotent":true,"per_try_timeout_ms":200}]}"#,
@@ -275,7 +256,7 @@ async fn a_full_circuit_breaker_fails_calls_at_once_and_lets_the_rest_through() 
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let instances = echo_instances(&etcd.endpoint(), "echo", 1).await;
-    apply(&etcd, "echo", r#"{"version":"v1","circuit_breaker":{"max_in_flight":2,"max_pending":2}}"#);
+    apply_policy(&etcd, "echo", r#"{"version":"v1","circuit_breaker":{"max_in_flight":2,"max_pending":2}}"#);
     let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
     let echo = client.echo_client("echo").await;
     echo.clone().unary(EchoRequest::default()).await.unwrap();
@@ -316,7 +297,7 @@ async fn a_per_try_timeout_never_sends_a_non_idempotent_call_twice() {
     let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let instances = echo_instances(&etcd.endpoint(), "echo", 2).await;
-    apply(&etcd, "echo", r#"{"version":"v1","defaults":{"per_try_timeout_ms":100}}"#);
+    apply_policy(&etcd, "echo", r#"{"version":"v1","defaults":{"per_try_timeout_ms":100}}"#);
     let (_client_app, client) = client_sidecar(&etcd.endpoint()).await;
     let mut echo = client.echo_client("echo").await;
     echo.unary(EchoRequest::default()).await.unwrap();

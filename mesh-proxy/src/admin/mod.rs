@@ -27,6 +27,8 @@ pub(crate) struct AdminState {
     pub(crate) registry: prometheus::Registry,
     /// Set once the proxy has an identity (mTLS on).
     pub(crate) identity: std::sync::OnceLock<Arc<IdentityState>>,
+    /// The service policies in force, as the status record says them (JSON).
+    pub(crate) policies: std::sync::OnceLock<tokio::sync::watch::Receiver<Vec<u8>>>,
 }
 
 fn identity_json(state: &AdminState) -> String {
@@ -63,6 +65,10 @@ fn respond_to(path: &str, state: &AdminState) -> Response<Body> {
         "/serving" if state.serving.load(Ordering::Acquire) => text(StatusCode::OK, "serving\n"),
         "/serving" => text(StatusCode::SERVICE_UNAVAILABLE, "not serving yet\n"),
         "/identity" => respond(StatusCode::OK, "application/json", identity_json(state)),
+        "/policies" => {
+            let json = state.policies.get().map(|rx| rx.borrow().clone()).unwrap_or_else(|| b"{}".to_vec());
+            respond(StatusCode::OK, "application/json", String::from_utf8_lossy(&json).into_owned())
+        }
         "/metrics" => http1::metrics(&state.registry),
         _ => text(StatusCode::NOT_FOUND, "not found: try /live, /serving, /ready, /metrics, /identity\n"),
     }

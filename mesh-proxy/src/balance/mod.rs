@@ -7,8 +7,9 @@
 //! lower cost, `latency estimate x (in-flight + 1) / weight`. The latency estimate jumps up at
 //! once on a slow response (peak) and decays toward faster ones (EWMA, default decay 1 s). An
 //! endpoint whose connection just failed sits out for a backoff (1 s doubling to 30 s). An endpoint
-//! that fails 5 times in a row is ejected ([`outlier`]) for 30 s x its ejections (at most 300 s,
-//! at most half of the endpoints) and comes back through a probe call.
+//! that fails 5 times in a row, or far more often than its peers, is ejected ([`outlier`]) for 30 s
+//! x its ejections (at most 300 s, at most half of the endpoints) and comes back through a probe
+//! call.
 
 pub(crate) mod discovery;
 pub(crate) mod ewma;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mesh_registry::Snapshot;
+use mesh_registry::routes::Selector;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -66,6 +68,8 @@ pub(crate) struct Balancer<C> {
     changed: Notify,
     pub(crate) settings: BalancerSettings,
     telemetry: Arc<Telemetry>,
+    /// When success rates are next compared.
+    next_rate_check: Mutex<Instant>,
 }
 
 /// A failure the caller saw from an endpoint.
@@ -89,6 +93,7 @@ impl<C> Balancer<C> {
             changed: Notify::new(),
             settings,
             telemetry,
+            next_rate_check: Mutex::new(Instant::now() + outlier::RATE_INTERVAL),
         }
     }
 
@@ -102,14 +107,47 @@ impl<C> Balancer<C> {
     }
 
     /// Picks an endpoint now, if any is eligible.
+    #[cfg(test)]
     pub(crate) fn try_pick(&self) -> Result<InFlight<C>, Empty> {
+        self.try_pick_in(None)
+    }
+
+    /// Whether discovery has listed the service (or given it endpoints).
+    pub(crate) fn is_listed(&self) -> bool {
+        self.synced.load(Ordering::Acquire) || !self.endpoints.read().is_empty()
+    }
+
+    /// Waits until discovery has listed the service, or `until`.
+    pub(crate) async fn listed(&self, until: Instant) {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_listed() || Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Whether any endpoint (eligible now or not) belongs to `subset`.
+    pub(crate) fn serves(&self, subset: &Selector) -> bool {
+        self.endpoints.read().iter().any(|e| subset.matches(&e.record.labels))
+    }
+
+    /// Picks an endpoint of `subset` (all endpoints if `None`) now, if any is eligible.
+    pub(crate) fn try_pick_in(&self, subset: Option<&Selector>) -> Result<InFlight<C>, Empty> {
         let endpoints = self.endpoints.read().clone();
         if endpoints.is_empty() {
             return Err(if self.synced.load(Ordering::Acquire) { Empty::NoEndpoints } else { Empty::NotSynced });
         }
         let now = Instant::now();
-        let eligible: Vec<&Arc<Endpoint<C>>> = endpoints.iter().filter(|e| e.is_eligible(now)).collect();
+        let in_subset = |e: &&Arc<Endpoint<C>>| subset.is_none_or(|s| s.matches(&e.record.labels));
+        let eligible: Vec<&Arc<Endpoint<C>>> =
+            endpoints.iter().filter(in_subset).filter(|e| e.is_eligible(now)).collect();
         let chosen = match eligible.len() {
+            0 if subset.is_some() && !endpoints.iter().any(|e| in_subset(&e)) => return Err(Empty::NoEndpoints),
             0 => return Err(Empty::NoneReady(endpoints.len())),
             1 => eligible[0],
             n => {
@@ -127,10 +165,17 @@ impl<C> Balancer<C> {
     }
 
     /// Picks an endpoint, waiting until `deadline` for one to become eligible.
+    #[cfg(test)]
     pub(crate) async fn pick(&self, deadline: Instant) -> Result<InFlight<C>, Empty> {
+        self.pick_in(deadline, None).await
+    }
+
+    /// Picks an endpoint of `subset` (all if `None`), waiting until `deadline` for one to become
+    /// eligible.
+    pub(crate) async fn pick_in(&self, deadline: Instant, subset: Option<&Selector>) -> Result<InFlight<C>, Empty> {
         loop {
             let changed = self.changed.notified();
-            let empty = match self.try_pick() {
+            let empty = match self.try_pick_in(subset) {
                 Ok(picked) => return Ok(picked),
                 Err(empty) => empty,
             };
@@ -141,7 +186,7 @@ impl<C> Balancer<C> {
                 _ = tokio::time::sleep_until(retry) => {}
             }
             if Instant::now() >= deadline {
-                return self.try_pick().map_err(|_| empty);
+                return self.try_pick_in(subset).map_err(|_| empty);
             }
         }
     }
@@ -170,7 +215,11 @@ impl<C> Balancer<C> {
         endpoint.observe(rtt, self.settings.decay);
         if unavailable {
             self.outlier_failure(endpoint);
-        } else if endpoint.outlier_success(Instant::now()) == Verdict::Returned {
+            return;
+        }
+        let now = Instant::now();
+        self.check_success_rates(now);
+        if endpoint.outlier_success(now) == Verdict::Returned {
             EndpointReturned {
                 service: endpoint.record.service.as_str(),
                 instance: endpoint.record.instance_id.as_str(),
@@ -189,12 +238,33 @@ impl<C> Balancer<C> {
     fn outlier_failure(&self, endpoint: &Endpoint<C>) {
         let now = Instant::now();
         let endpoints = self.endpoints.read().clone();
-        let out = endpoints.iter().filter(|e| e.is_out(now)).count();
-        // Never more than half of the endpoints out, and never all.
-        let may_eject = (out + 1) * 100 <= endpoints.len() * MAX_EJECTED_PERCENT && out + 1 < endpoints.len();
-        if let Verdict::Ejected(length) = endpoint.outlier_failure(now, may_eject) {
+        let verdict = endpoint.outlier_failure(now, may_eject(&endpoints, now));
+        self.ejected(endpoint, verdict, "consecutive failures");
+        self.check_success_rates(now);
+    }
+
+    fn ejected(&self, endpoint: &Endpoint<C>, verdict: Verdict, why: &'static str) {
+        if let Verdict::Ejected(length) = verdict {
             let (service, instance) = (endpoint.record.service.as_str(), endpoint.record.instance_id.as_str());
-            EndpointEjected { service, instance, length }.emit(&self.telemetry);
+            EndpointEjected { service, instance, length, why }.emit(&self.telemetry);
+        }
+    }
+
+    /// Every interval, ejects the endpoints whose success rates are outliers.
+    fn check_success_rates(&self, now: Instant) {
+        {
+            let Some(mut next) = self.next_rate_check.try_lock() else { return };
+            if now < *next {
+                return;
+            }
+            *next = now + outlier::RATE_INTERVAL;
+        }
+        let endpoints = self.endpoints.read().clone();
+        let counts: Vec<(u32, u32)> = endpoints.iter().map(|e| e.take_outlier_interval()).collect();
+        for i in outlier::rate_outliers(&counts) {
+            if may_eject(&endpoints, now) {
+                self.ejected(&endpoints[i], endpoints[i].rate_outlier(now), "a success rate far below its peers'");
+            }
         }
     }
 
@@ -202,6 +272,12 @@ impl<C> Balancer<C> {
     pub(crate) fn len(&self) -> usize {
         self.endpoints.read().len()
     }
+}
+
+/// Whether one more endpoint may go out: never more than half of them, and never all.
+fn may_eject<C>(endpoints: &[Arc<Endpoint<C>>], now: Instant) -> bool {
+    let out = endpoints.iter().filter(|e| e.is_out(now)).count();
+    (out + 1) * 100 <= endpoints.len() * MAX_EJECTED_PERCENT && out + 1 < endpoints.len()
 }
 
 #[cfg(test)]
@@ -266,6 +342,85 @@ mod tests {
             two.failed(&eps[1], Failure::Failed);
         }
         assert!(two.try_pick().is_ok(), "never all ejected");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_failing_often_but_never_five_in_a_row_is_ejected_by_its_success_rate() {
+        let b = balancer(&[1, 2, 3]);
+        let eps = b.endpoints.read().clone();
+        for i in 0..40 {
+            b.answered(&eps[0], Duration::from_millis(1), false);
+            b.answered(&eps[1], Duration::from_millis(1), false);
+            // Every other call fails: never a run of 5.
+            b.answered(&eps[2], Duration::from_millis(1), i % 2 == 0);
+        }
+        tokio::time::advance(outlier::RATE_INTERVAL).await;
+        b.answered(&eps[0], Duration::from_millis(1), false); // the check runs with the traffic
+        assert!(eps[2].is_out(Instant::now()), "50 % against 100 %: ejected");
+        assert!(!eps[0].is_out(Instant::now()) && !eps[1].is_out(Instant::now()));
+
+        // A service whose endpoints all fail alike has no outlier.
+        let b = balancer(&[1, 2, 3]);
+        let eps = b.endpoints.read().clone();
+        for i in 0..40 {
+            for e in eps.iter() {
+                b.answered(e, Duration::from_millis(1), i % 2 == 0);
+            }
+        }
+        tokio::time::advance(outlier::RATE_INTERVAL).await;
+        b.answered(&eps[0], Duration::from_millis(1), false);
+        assert!(eps.iter().all(|e| !e.is_out(Instant::now())));
+    }
+
+    /// What happens to one endpoint in the property test below.
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        Failed(usize),
+        NotConnected(usize),
+        Unavailable(usize),
+        Succeeded(usize),
+        Wait(u64),
+    }
+
+    fn event() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..6usize).prop_map(Event::Failed),
+            1 => (0..6usize).prop_map(Event::NotConnected),
+            2 => (0..6usize).prop_map(Event::Unavailable),
+            2 => (0..6usize).prop_map(Event::Succeeded),
+            1 => (0..400u64).prop_map(Event::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the endpoints do, in whatever order and timing: never more than half of a
+        /// service out, never all of it, and no ejection longer than the maximum.
+        #[test]
+        fn ejection_never_takes_more_than_half_nor_all(n in 1..=6usize, events in proptest::collection::vec(event(), 1..300)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
+            runtime.block_on(async {
+                let ports: Vec<u16> = (1..=n).map(|p| u16::try_from(p).unwrap_or(1)).collect();
+                let b = balancer(&ports);
+                let eps = b.endpoints.read().clone();
+                for event in events {
+                    match event {
+                        Event::Failed(i) => b.failed(&eps[i % n], Failure::Failed),
+                        Event::NotConnected(i) => b.failed(&eps[i % n], Failure::NotConnected),
+                        Event::Unavailable(i) => b.answered(&eps[i % n], Duration::from_millis(1), true),
+                        Event::Succeeded(i) => b.answered(&eps[i % n], Duration::from_millis(1), false),
+                        Event::Wait(s) => tokio::time::advance(Duration::from_secs(s)).await,
+                    }
+                    let now = Instant::now();
+                    let out = eps.iter().filter(|e| e.is_out(now)).count();
+                    proptest::prop_assert!(out * 100 <= n * MAX_EJECTED_PERCENT, "{out} of {n} out");
+                    proptest::prop_assert!(out < n || n == 0, "all {n} out");
+                    let later = now + outlier::MAX_EJECTION;
+                    proptest::prop_assert!(eps.iter().all(|e| e.is_eligible(later)), "out beyond the longest ejection");
+                }
+                Ok(())
+            })?;
+        }
     }
 
     #[tokio::test]

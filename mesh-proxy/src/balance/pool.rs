@@ -1,7 +1,8 @@
 //! One service's endpoints, keyed by instance id. A registry snapshot is applied as one O(n)
 //! merge: an instance that is still there at the same address keeps its connection, its latency
-//! estimate and its in-flight count (its record, weight and labels included, is refreshed); a new
-//! or moved instance gets a fresh client from the injected factory; a departed one is dropped
+//! estimate and its in-flight count (its record, weight and labels included, is refreshed); a new,
+//! moved or restarted (new `started_at`) instance gets a fresh client from the injected factory
+//! and a clean slate (no backoff, no ejection); a departed one is dropped
 //! (its connection closes when its last call ends). The pool never knows how to connect.
 
 use std::collections::HashMap;
@@ -115,6 +116,16 @@ impl<C> Endpoint<C> {
         self.state.outlier.lock().failure(now, may_eject)
     }
 
+    /// Its success-rate counts of the interval that ends now.
+    pub(crate) fn take_outlier_interval(&self) -> (u32, u32) {
+        self.state.outlier.lock().take_interval()
+    }
+
+    /// Ejects it for its success rate (unless it is out already).
+    pub(crate) fn rate_outlier(&self, now: Instant) -> Verdict {
+        self.state.outlier.lock().rate_outlier(now)
+    }
+
     /// Tells the outlier state of a success.
     pub(crate) fn outlier_success(&self, now: Instant) -> Verdict {
         self.state.outlier.lock().success(now)
@@ -163,7 +174,7 @@ impl<C> Drop for InFlight<C> {
 /// How a snapshot changed the pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Merge {
-    /// New instances (or instances at a new address): fresh clients.
+    /// New instances (or instances at a new address, or restarted): fresh clients and state.
     pub(crate) added: usize,
     /// Instances kept with their connection and load (records refreshed).
     pub(crate) kept: usize,
@@ -202,8 +213,11 @@ impl<C> Pool<C> {
                     merge.kept += 1;
                     current
                 }
-                // Same instance, same address: new record (weight, labels), same connection and load.
-                Some(current) if current.record.address == record.address => {
+                // Same instance, same address, same process: new record (weight, labels), same
+                // connection and load.
+                Some(current)
+                    if current.record.address == record.address && current.record.started_at == record.started_at =>
+                {
                     merge.kept += 1;
                     Arc::new(Endpoint {
                         record: record.clone(),
@@ -211,11 +225,9 @@ impl<C> Pool<C> {
                         state: current.state.clone(),
                     })
                 }
-                moved_or_new => {
-                    if let Some(moved) = moved_or_new {
-                        self.telemetry
-                            .forget_endpoint(moved.record.service.as_str(), moved.record.instance_id.as_str());
-                    }
+                // New, moved, or restarted (its failures and ejection were the old process's): a
+                // fresh endpoint. Its picks series (by service and instance) carries on.
+                _ => {
                     merge.added += 1;
                     Arc::new(self.endpoint(record))
                 }
@@ -322,6 +334,26 @@ mod tests {
         assert_eq!(merge, Merge { added: 1, kept: 0, removed: 0 });
         assert_eq!(next[0].client().addr, "10.0.0.9:1");
         assert_eq!(next[0].client().serial, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_instance_starts_afresh_not_ejected_nor_backing_off() {
+        let (mut pool, _) = pool();
+        let (first, _) = pool.apply(&snapshot(&[record("a", "10.0.0.1:1", 100), record("b", "10.0.0.2:1", 100)]));
+        let now = Instant::now();
+        for _ in 0..super::super::outlier::CONSECUTIVE_FAILURES {
+            first[0].penalize(Duration::from_secs(1));
+            first[0].outlier_failure(now, true);
+        }
+        assert!(first[0].is_failing(now) && first[0].is_out(now), "a is backing off and ejected");
+
+        // Its proxy was killed and came back at the same address: a new `started_at`.
+        let mut restarted = record("a", "10.0.0.1:1", 100);
+        restarted.started_at = "2026-12-03T07:00:00Z".to_string();
+        let (next, merge) = pool.apply(&snapshot(&[restarted, record("b", "10.0.0.2:1", 100)]));
+        assert_eq!(merge, Merge { added: 1, kept: 1, removed: 0 });
+        assert_eq!(next[0].client().serial, 2, "a new client for the new process");
+        assert!(!next[0].is_failing(now) && !next[0].is_out(now), "and none of the old one's failures");
     }
 
     #[test]

@@ -9,7 +9,9 @@ use mesh_common::cli::{duration, duration_at_least, within};
 use mesh_registry::cli::{EtcdArgs, LeaseArgs};
 use mesh_registry::{Address, InstanceId, ServiceName};
 
-use super::{AdminConfig, Config, ConfigError, InboundConfig, OutboundConfig, RegistrationSettings, TelemetryConfig};
+use super::{
+    AdminConfig, Config, ConfigError, InboundConfig, LimitMode, OutboundConfig, RegistrationSettings, TelemetryConfig,
+};
 use crate::balance::BalancerSettings;
 use crate::endpoint::client::ClientSettings;
 use crate::endpoint::listen::H2Limits;
@@ -86,6 +88,15 @@ pub struct Args {
     /// HTTP/2 max concurrent streams per connection from peers (inbound listener).
     #[arg(long = "inbound-max-streams", env = "MESH_INBOUND_MAX_STREAMS", default_value_t = 1000)]
     inbound_max_streams: u32,
+    /// Calls the local app may have in flight: `adaptive` (learnt from the app's latency; refuses
+    /// calls only while the app queues), a fixed number, or `off`.
+    #[arg(
+        long = "inbound-concurrency-limit",
+        env = "MESH_INBOUND_CONCURRENCY_LIMIT",
+        default_value = "adaptive",
+        value_name = "adaptive|N|off"
+    )]
+    inbound_concurrency_limit: LimitMode,
     /// HTTP/2 max header list size, bytes.
     #[arg(long = "max-header-list-size", env = "MESH_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024)]
     max_header_list_size: u32,
@@ -215,6 +226,7 @@ impl Args {
                     limits: limits(self.inbound_max_streams),
                     connect_timeout: self.connect_timeout,
                     probe_interval: self.app_probe_interval,
+                    limit: self.inbound_concurrency_limit,
                 };
                 let registration = RegistrationSettings {
                     advertise,

@@ -16,6 +16,7 @@ pub use crate::balance::BalancerSettings;
 pub use crate::endpoint::client::ClientSettings;
 pub use crate::endpoint::listen::H2Limits;
 pub use crate::identity::IdentityConfig;
+pub use crate::inbound::limit::LimitMode;
 
 /// The proxy's typed configuration.
 #[derive(Clone, Debug)]
@@ -78,6 +79,8 @@ pub struct InboundConfig {
     pub connect_timeout: Duration,
     /// How often a registered instance's app is probed (two failures in a row deregister it).
     pub probe_interval: Duration,
+    /// How many calls the app may have in flight.
+    pub limit: LimitMode,
 }
 
 /// This instance's registration.

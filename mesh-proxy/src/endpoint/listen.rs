@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -105,8 +106,9 @@ where
                     tracing::trace!(%direction, peer = %peer.addr, "accepted");
                     let service = service_fn(move |mut req: Request<Incoming>| {
                         req.extensions_mut().insert(peer.clone());
-                        let response = handler(req);
-                        async move { Ok::<_, std::convert::Infallible>(response.await) }
+                        // `map`, not an async block: a block holding `response` and awaiting it
+                        // would be twice the size of the handler's future, and hyper moves it.
+                        handler(req).map(Ok::<_, std::convert::Infallible>)
                     });
                     let connection = builder.serve_connection(TokioIo::new(io), service);
                     if let Err(error) = watcher.watch(connection).await {

@@ -8,7 +8,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tonic::Code;
 
 use super::body::ResponseBody;
-use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, MESH_ERROR, MESH_ERROR_MESSAGE};
+use crate::headers::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, MESH_ERROR, MESH_ERROR_MESSAGE};
 use crate::telemetry::Recorder;
 use crate::telemetry::labels::{ErrorReason, code_label};
 
@@ -47,6 +47,11 @@ pub(crate) enum ProxyError {
     /// The local application could not be reached.
     #[error("mesh: local application at {addr} unreachable: {cause}")]
     AppUnavailable { addr: String, cause: String },
+    /// The inbound concurrency limit refused the call (the app is queueing, or at its fixed limit).
+    #[error(
+        "mesh: local application at {addr} is overloaded: {limit} calls in flight, its {kind} concurrency limit; not sent (retry after {pushback_ms} ms)"
+    )]
+    AppOverloaded { addr: String, limit: u32, kind: &'static str, pushback_ms: u64 },
     /// The caller may not call this method (the message names the caller and the rule).
     #[error("{0}")]
     NotAuthorized(String),
@@ -57,6 +62,25 @@ pub(crate) enum ProxyError {
     Overloaded { service: String, max_in_flight: u32, max_pending: u32, why: &'static str },
     #[error("mesh: too many services in use (limit {0})")]
     TooManyServices(usize),
+    /// The route's split names only subsets without instances.
+    #[error(
+        "mesh: no endpoints for service {service:?} on route {route:?}: none of its split's subsets has an instance"
+    )]
+    NoSubsetEndpoints { service: String, route: String },
+    /// A rate limit of the service's policy refused the call (it was never sent to the app).
+    #[error(
+        "mesh: {service:?} is rate limited: limit {limit:?} ({per_second:.1}/s per {scope:?}) has no token; not sent (retry after {pushback_ms} ms)"
+    )]
+    RateLimited {
+        service: String,
+        limit: String,
+        scope: mesh_registry::limits::Scope,
+        per_second: f64,
+        pushback_ms: u64,
+    },
+    /// The route's fault injection aborted the call (it was never sent).
+    #[error("mesh: fault injected by route {route:?} of {service:?}'s policy (abort); not sent")]
+    FaultInjected { service: String, route: String, code: i32 },
 }
 
 impl ProxyError {
@@ -64,13 +88,16 @@ impl ProxyError {
     pub(crate) fn reason(&self) -> ErrorReason {
         match self {
             Self::BadAuthority(_) => ErrorReason::BadAuthority,
-            Self::NoEndpoints(_) => ErrorReason::NoEndpoints,
+            Self::NoEndpoints(_) | Self::NoSubsetEndpoints { .. } => ErrorReason::NoEndpoints,
+            Self::FaultInjected { .. } => ErrorReason::FaultInjected,
+            Self::RateLimited { .. } => ErrorReason::RateLimited,
             Self::NoReadyEndpoint { .. } => ErrorReason::NoReadyEndpoint,
             Self::DiscoveryUnavailable(_) => ErrorReason::DiscoveryUnavailable,
             Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } => ErrorReason::DeadlineExceeded,
             Self::PerTryTimeout { .. } => ErrorReason::PerTryTimeout,
             Self::UpstreamFailed { .. } => ErrorReason::UpstreamFailed,
             Self::AppUnavailable { .. } => ErrorReason::AppUnavailable,
+            Self::AppOverloaded { .. } => ErrorReason::AppOverloaded,
             Self::TooManyServices(_) => ErrorReason::TooManyServices,
             Self::Overloaded { .. } => ErrorReason::Overloaded,
             Self::NotAuthorized(_) => ErrorReason::NotAuthorized,
@@ -84,8 +111,9 @@ impl ProxyError {
             Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } | Self::PerTryTimeout { .. } => {
                 Code::DeadlineExceeded
             }
-            Self::TooManyServices(_) => Code::ResourceExhausted,
+            Self::TooManyServices(_) | Self::AppOverloaded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::NotAuthorized(_) => Code::PermissionDenied,
+            Self::FaultInjected { code, .. } => Code::from_i32(*code),
             _ => Code::Unavailable,
         }
     }
@@ -125,6 +153,10 @@ impl ProxyError {
             let encoded = utf8_percent_encode(&message, ESCAPED).to_string();
             if let Ok(v) = HeaderValue::from_str(&encoded) {
                 headers.insert(GRPC_MESSAGE, v);
+            }
+            if let Self::AppOverloaded { pushback_ms, .. } | Self::RateLimited { pushback_ms, .. } = self {
+                // When the caller may try again (gRPC's retry design; the calling proxy honours it).
+                headers.insert(GRPC_RETRY_PUSHBACK, HeaderValue::from(pushback_ms));
             }
         } else {
             if let Ok(v) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {

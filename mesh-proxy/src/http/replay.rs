@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// The default replay cap: bodies larger than this are never sent twice.
 pub(crate) const DEFAULT_CAP: usize = 64 * 1024;
@@ -33,6 +34,23 @@ struct Shared<B> {
     trailers: Option<HeaderMap>,
     /// The source has ended (trailers or end of stream).
     ended: bool,
+    /// The source failed.
+    broken: bool,
+    /// Woken when the body is settled (ended, outgrown or broken), for [`ReplayBody::settled`].
+    settled: Option<Arc<Notify>>,
+}
+
+impl<B> Shared<B> {
+    fn is_settled(&self) -> bool {
+        self.ended || self.overflowed || self.broken
+    }
+
+    /// Wakes whoever waits for the body to settle.
+    fn settle(&mut self) {
+        if let Some(settled) = &self.settled {
+            settled.notify_waiters();
+        }
+    }
 }
 
 /// One attempt's view of a replayable request body.
@@ -56,6 +74,8 @@ impl<B> ReplayBody<B> {
             overflowed: false,
             trailers: None,
             ended: false,
+            broken: false,
+            settled: None,
         };
         Self { shared: Arc::new(Mutex::new(shared)), pos: 0, done: false }
     }
@@ -64,6 +84,41 @@ impl<B> ReplayBody<B> {
     pub(crate) fn replay(&self) -> Option<Self> {
         let shared = self.shared.lock();
         (!shared.overflowed).then(|| Self { shared: self.shared.clone(), pos: 0, done: false })
+    }
+
+    /// Waits until the attempts have read the whole body, and says whether it is all in the copy
+    /// (then a [`Self::replay`] never touches the caller's body: a mirror can send it alongside).
+    /// `false`: it outgrew the cap or failed, or every attempt is gone without reading it all (the
+    /// call failed early): nobody else will read it.
+    pub(crate) async fn settled(&self) -> bool {
+        loop {
+            let notify = {
+                let mut shared = self.shared.lock();
+                if shared.is_settled() {
+                    return shared.ended && !shared.overflowed && !shared.broken;
+                }
+                if Arc::strong_count(&self.shared) == 1 {
+                    return false;
+                }
+                shared.settled.get_or_insert_with(Arc::default).clone()
+            };
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.shared.lock().is_settled() || Arc::strong_count(&self.shared) == 1 {
+                continue;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl<B> Drop for ReplayBody<B> {
+    fn drop(&mut self) {
+        // Whoever waits in `settled` looks again: this may have been the last other attempt.
+        if let Some(settled) = &self.shared.lock().settled {
+            settled.notify_waiters();
+        }
     }
 }
 
@@ -120,10 +175,13 @@ where
             Poll::Ready(None) => {
                 shared.ended = true;
                 shared.source = None;
+                shared.settle();
                 this.done = true;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
+                shared.broken = true;
+                shared.settle();
                 this.done = true;
                 Poll::Ready(Some(Err(ReplayError::Source(error))))
             }
@@ -133,6 +191,7 @@ where
                         // Too big to send twice: drop the copy, keep streaming.
                         shared.overflowed = true;
                         shared.chunks = Vec::new();
+                        shared.settle();
                         this.pos = usize::MAX;
                     } else {
                         shared.len += data.len();
@@ -151,6 +210,9 @@ where
                 if !shared.ended && shared.source.as_ref().is_some_and(Body::is_end_stream) {
                     shared.ended = true;
                     shared.source = None;
+                }
+                if shared.ended {
+                    shared.settle();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -225,6 +287,36 @@ mod tests {
         let third = second.replay().unwrap_or_else(|| panic!("replayable"));
         assert_eq!(collect(second).await.0, b"hello mesh");
         assert_eq!(collect(third).await.0, b"hello mesh");
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_first_attempt_and_says_whether_the_copy_is_whole() {
+        let first = ReplayBody::new(source(&[b"hello ", b"mesh"], true), DEFAULT_CAP);
+        let mirror = first.replay().unwrap_or_else(|| panic!("replayable"));
+        let waiting = tokio::spawn(async move {
+            let whole = mirror.settled().await;
+            (whole, collect(mirror.replay().unwrap_or_else(|| panic!("replayable"))).await.0)
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing read yet");
+        assert_eq!(collect(first).await.0, b"hello mesh");
+        let (whole, copy) = waiting.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(whole);
+        assert_eq!(copy, b"hello mesh", "replayed from the copy alone");
+
+        let big = ReplayBody::new(source(&[b"0123456789"], false), 4);
+        let watcher = big.replay().unwrap_or_else(|| panic!("replayable"));
+        collect(big).await;
+        assert!(!watcher.settled().await, "outgrown: not whole");
+
+        // The call failed before reading its body: once its attempts are gone, nobody will.
+        let unread = ReplayBody::new(source(&[b"hello"], false), DEFAULT_CAP);
+        let waiter = unread.replay().unwrap_or_else(|| panic!("replayable"));
+        let waiting = tokio::spawn(async move { waiter.settled().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(unread);
+        assert!(!waiting.await.unwrap_or_else(|e| panic!("{e}")), "given up, not whole");
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! Authorization on inbound: every call's verified caller and method are checked against this
-//! service's policy (or the mesh default), followed live from etcd. A policy that cannot be
-//! parsed leaves the last valid one in force.
+//! service's rules (or the mesh default), followed live from etcd: the `authorization` of its
+//! service policy if that has one, else the rules `meshctl policy` keeps. A document that cannot
+//! be parsed leaves the last valid one in force.
 
 use std::sync::Arc;
 
 use mesh_registry::authz::{Decision, DefaultMode, MeshDefault, Policy, decide};
 use mesh_registry::identity::Identity;
+use mesh_registry::policy::ServicePolicy;
 use mesh_registry::watch_prefix::Values;
 use mesh_registry::{Layout, ServiceName};
 use parking_lot::Mutex;
@@ -53,10 +55,17 @@ impl Authorizer {
         }
     }
 
-    /// Allows or denies a call from `caller` to `path`.
-    pub(crate) fn decide(&self, caller: Option<&Identity>, path: &str) -> Decision {
+    /// Allows or denies a call from `caller` to `path`; the rules of `service_policy` (the local
+    /// service's policy in force), if it has any, take precedence.
+    pub(crate) fn decide(
+        &self,
+        caller: Option<&Identity>,
+        path: &str,
+        service_policy: Option<&ServicePolicy>,
+    ) -> Decision {
         let in_force = self.current();
-        let decision = decide(in_force.policy.as_ref(), in_force.default, &self.service, caller, path);
+        let rules = service_policy.and_then(|p| p.authorization.as_ref()).or(in_force.policy.as_ref());
+        let decision = decide(rules, in_force.default, &self.service, caller, path);
         let result = if matches!(decision, Decision::Allow(_)) { AuthzResult::Allow } else { AuthzResult::Deny };
         AuthzDecided { result }.emit(&self.telemetry);
         decision
@@ -72,7 +81,7 @@ impl Authorizer {
     }
 
     fn parse(&self, values: Values, previous: &InForce) -> InForce {
-        let policy = match values.get(&self.policy_key).map(|v| Policy::parse(v)) {
+        let policy = match values.get(&self.policy_key).map(|v| Policy::parse(&v.value)) {
             None => None,
             Some(Ok(policy)) => Some(policy),
             Some(Err(error)) => {
@@ -80,7 +89,7 @@ impl Authorizer {
                 previous.policy.clone()
             }
         };
-        let default = match values.get(&self.default_key).map(|v| serde_json::from_slice::<MeshDefault>(v)) {
+        let default = match values.get(&self.default_key).map(|v| serde_json::from_slice::<MeshDefault>(&v.value)) {
             None => DefaultMode::default(),
             Some(Ok(d)) => d.default,
             Some(Err(error)) => {

@@ -3,18 +3,23 @@
 //! ```text
 //! peer proxy --(mTLS, or plaintext without identities)--> inbound listener
 //!            -> authz.rs: the verified caller may call this method (or the call is denied)
-//!            -> (next: rate limits, the adaptive concurrency limit)
+//!            -> ratelimit.rs: a token in every rate limit of the service's policy that fits the
+//!               call (or RESOURCE_EXHAUSTED + pushback)
+//!            -> limit.rs: room in the app's concurrency limit (or RESOURCE_EXHAUSTED + pushback)
 //!            -> local app (one multiplexed h2c connection; app.rs: is it there?)
 //! ```
 
 pub(crate) mod app;
 pub(crate) mod authz;
+pub(crate) mod limit;
+pub(crate) mod ratelimit;
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use mesh_registry::ServiceName;
+use mesh_registry::policy::ServicePolicy;
 
 use crate::endpoint::client::{H2Client, SendError};
 use crate::endpoint::transport::PeerInfo;
@@ -34,6 +39,21 @@ pub(crate) struct Inbound {
     /// Present when spans are exported.
     pub(crate) tracer: Option<Arc<Tracer>>,
     pub(crate) local: ServiceName,
+    /// Present unless turned off.
+    pub(crate) limit: Option<Arc<limit::ConcurrencyLimit>>,
+    /// The local service's policy in force: its authorization rules and rate limits.
+    pub(crate) service_policy: ServicePolicyFn,
+    /// The service policy's rate limits.
+    pub(crate) rate_limits: ratelimit::RateLimiter,
+}
+
+/// The local service's policy in force (injected: the proxy follows policies on its outbound side).
+pub(crate) struct ServicePolicyFn(pub(crate) Box<dyn Fn() -> Option<Arc<ServicePolicy>> + Send + Sync>);
+
+impl std::fmt::Debug for ServicePolicyFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServicePolicyFn")
+    }
 }
 
 impl Inbound {
@@ -63,17 +83,56 @@ impl Inbound {
             recorder.trace(span);
         }
 
+        // Looked up once: authorization and the rate limits both read it.
+        let service_policy = (self.service_policy.0)();
+
         // Why here: after the caller is known, before anything reaches the app.
         if let Some(authorizer) = &self.authorizer
-            && let mesh_registry::authz::Decision::Deny(message) = authorizer.decide(caller.as_ref(), req.uri().path())
+            && let mesh_registry::authz::Decision::Deny(message) =
+                authorizer.decide(caller.as_ref(), req.uri().path(), service_policy.as_deref())
         {
             tracing::info!(%message, trace_id = recorder.trace_id().unwrap_or_default(), "denied an inbound call");
             return ProxyError::NotAuthorized(message).respond(grpc, recorder);
         }
 
+        // Why here: a call over a rate limit costs the app nothing and takes no concurrency slot.
+        if let Err(limited) = self.rate_limits.admit(service_policy.as_ref(), req.uri().path(), req.headers(), &source)
+        {
+            self.telemetry.rate_limited(&limited.limit);
+            let error = ProxyError::RateLimited {
+                service: self.local.to_string(),
+                limit: limited.limit,
+                scope: limited.scope,
+                per_second: limited.per_second,
+                pushback_ms: u64::try_from(limited.pushback.as_millis()).unwrap_or(u64::MAX).max(1),
+            };
+            tracing::debug!(%error, "inbound call refused");
+            return error.respond(grpc, recorder);
+        }
+
+        // Why here: a refused call costs the app nothing, and a denied one takes no slot.
+        let slot = match self.limit.as_ref().map(limit::ConcurrencyLimit::admit) {
+            Some(Err(refused)) => {
+                let error = ProxyError::AppOverloaded {
+                    addr: self.app.addr().to_string(),
+                    limit: refused.limit,
+                    kind: if refused.adaptive { "adaptive" } else { "fixed" },
+                    pushback_ms: u64::try_from(refused.pushback.as_millis()).unwrap_or(u64::MAX),
+                };
+                tracing::debug!(%error, "inbound call refused");
+                return error.respond(grpc, recorder);
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
+
         let req = req.map(|body| RequestBody::new(body, &recorder));
-        let (cause, processed) = match self.app.send(req).await {
+        let sent = self.app.send(req).await;
+        let (cause, processed) = match sent {
             Ok(response) => {
+                if let Some(slot) = slot {
+                    slot.answered();
+                }
                 let (mut parts, body) = response.into_parts();
                 // Only this proxy says whether its app saw a call.
                 parts.headers.remove(MESH_NOT_PROCESSED);

@@ -10,6 +10,8 @@
 //!   idempotent, and a retry_on status / per-try timeout / failed connection
 //!       -> another attempt after a jittered backoff (or the server's pushback), if the
 //!          attempts, the deadline, the replay buffer and the service's retry budget allow
+//!   hedged (idempotent, opt-in): no answer within the delay (configured, or the p95)
+//!       -> a second attempt to another endpoint, budget allowing; the first answer wins
 //! ```
 //!
 //! The request body is kept for another attempt while it fits the replay buffer (64 KiB); a
@@ -18,19 +20,23 @@
 //! more in the balancer (failure accrual) instead of looking fast because it fails fast.
 //! Retries happen here, on the caller's side of a hop only; the inbound side never retries.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use mesh_registry::ServiceName;
-use mesh_registry::policy::{CircuitBreaker, MethodSettings, RetryBudget};
+use mesh_registry::policy::{CircuitBreaker, HedgeDelay, MethodSettings, RetryBudget};
+use mesh_registry::routes::Selector;
 use tokio::time::Instant;
 
 use super::breaker::Shed;
 use super::budget;
 use super::policy::Destination;
 use super::{OutboundBody, PeerBody, PeerClient, fail};
-use crate::balance::{Balancer, Empty, Failure};
+use crate::balance::{Balancer, Empty, Endpoint, Failure, InFlight};
 use crate::endpoint::client::SendError;
 use crate::headers::{
     GRPC_RETRY_PUSHBACK, GRPC_STATUS, GRPC_TIMEOUT, MESH_ERROR, MESH_NOT_PROCESSED, Pushback, encode_grpc_timeout,
@@ -39,7 +45,7 @@ use crate::headers::{
 use crate::http::body::{RequestBody, ResponseBody};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, ReplayBody};
-use crate::telemetry::events::{Overloaded, Retried, RetryWithheld};
+use crate::telemetry::events::{HedgeWon, Hedged, Overloaded, Retried, RetryWithheld};
 use crate::telemetry::labels::{RetryReason, RetryRefused, code_label};
 use crate::telemetry::{Recorder, Telemetry};
 
@@ -59,8 +65,16 @@ pub(super) struct Call {
     /// Answer failures as gRPC statuses.
     pub(super) grpc: bool,
     pub(super) telemetry: Arc<Telemetry>,
-    /// What the service's policy says for this method.
+    /// What the service's policy says for this method (and route).
     pub(super) settings: MethodSettings,
+    /// The route's subset: the instances the call may go to (`None`: all).
+    pub(super) subset: Option<Selector>,
+    /// The route's split, to draw once discovery has listed the service.
+    pub(super) pending: Option<super::route::Pending>,
+    /// A delay injected before the call is sent.
+    pub(super) delay: Option<Duration>,
+    /// Where a copy of the call goes.
+    pub(super) mirror: Option<super::mirror::Mirror>,
     /// The destination's retry budget and circuit breaker.
     pub(super) destination: Arc<Destination>,
     pub(super) budget_policy: RetryBudget,
@@ -95,12 +109,34 @@ enum Retry {
 }
 
 impl Call {
-    pub(super) async fn send(self, req: Request<RequestBody>, mut recorder: Recorder) -> Response<OutboundBody> {
+    pub(super) async fn send(mut self, req: Request<RequestBody>, mut recorder: Recorder) -> Response<OutboundBody> {
         let started = Instant::now();
         let caller_timeout = grpc_timeout(&req);
         let deadline = caller_timeout.or(self.settings.timeout).map(|t| started + t);
+        if let Some(delay) = self.delay {
+            // Fault injection: held first, within the deadline.
+            let until = started + delay;
+            tokio::time::sleep_until(deadline.map_or(until, |d| d.min(until))).await;
+            if deadline.is_some_and(|d| d <= until) {
+                let service = self.service.to_string();
+                let error = ProxyError::DeadlineExceeded { service, waiting_for: "an injected delay", tries: 0 };
+                return fail(error, self.grpc, recorder);
+            }
+        }
         // Wait for an endpoint no longer than the fail-fast timeout, nor past the deadline.
-        let pick_until = deadline.map_or(started + self.fail_fast, |d| d.min(started + self.fail_fast));
+        let now = Instant::now();
+        let pick_until = deadline.map_or(now + self.fail_fast, |d| d.min(now + self.fail_fast));
+        if let Some(pending) = self.pending.take() {
+            // The service's first calls: which subsets have instances is known once it is listed.
+            self.balancer.listed(pick_until).await;
+            match pending.draw(&self.balancer, self.service.as_str()) {
+                Ok((subset, name)) => {
+                    self.subset = subset;
+                    recorder.route_subset(name);
+                }
+                Err(error) => return fail(error, self.grpc, recorder),
+            }
+        }
         self.destination.budget.call(started);
         // A slot in the destination's circuit breaker, held until the response ends.
         let slot = match self.destination.breaker.admit(&self.limits, pick_until).await {
@@ -130,6 +166,11 @@ impl Call {
         let body = ReplayBody::new(body, replay::DEFAULT_CAP);
         // Unpolled: the source of replays.
         let spare = body.replay();
+        if let Some(mirror) = self.mirror.take()
+            && let Some(copy) = body.replay()
+        {
+            mirror.spawn(head.request(copy));
+        }
         let mut req = Request::from_parts(parts, body);
         // The next attempt's request, replaying the body, while it fits the replay buffer.
         let replayed = || spare.as_ref().and_then(ReplayBody::replay).map(|body| head.request(body));
@@ -152,31 +193,27 @@ impl Call {
                 // What is left, not what the caller had: the time spent here is spent.
                 req.headers_mut().insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
             }
-            let picked = match self.balancer.pick(pick_until).await {
+            let picked = match self.balancer.pick_in(pick_until, self.subset.as_ref()).await {
                 Ok(picked) => picked,
                 Err(empty) => {
                     return fail(self.no_endpoint(empty, deadline, caller_timeout, attempt), self.grpc, recorder);
                 }
             };
+
+            // The deadline and the per-try timeout bound the wait for response headers; dropping
+            // the send cancels the attempt upstream (RST_STREAM).
+            let per_try_until = self.settings.per_try_timeout.map(|t| Instant::now() + t);
+            let until = match (deadline, per_try_until) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            };
+            let (picked, sent, result) = self.exchange(req, picked, until, &replayed, &mut recorder).await;
+            // The endpoint whose answer counts (a hedge's, if it won).
             let endpoint = picked.endpoint().clone();
             if let Some(span) = recorder.span_mut() {
                 span.set_endpoint(&endpoint.tag);
             }
             let instance = endpoint.record.instance_id.as_str();
-
-            // The deadline and the per-try timeout bound the wait for response headers; dropping
-            // the send cancels the attempt upstream (RST_STREAM).
-            let sent = Instant::now();
-            let per_try_until = self.settings.per_try_timeout.map(|t| sent + t);
-            let until = match (deadline, per_try_until) {
-                (Some(d), Some(p)) => Some(d.min(p)),
-                (d, p) => d.or(p),
-            };
-            let send = endpoint.client().send(req);
-            let result = match until {
-                Some(at) => tokio::time::timeout_at(at, send).await.ok(),
-                None => Some(send.await),
-            };
             let retry: Request<PeerBody> = match result {
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
                     // The caller's patience ran out, which says nothing against the endpoint.
@@ -226,6 +263,9 @@ impl Call {
                     } else {
                         self.balancer.answered(&endpoint, sent.elapsed(), status == Some(UNAVAILABLE));
                     }
+                    if self.settings.hedge.is_some() {
+                        self.destination.latencies.record(sent.elapsed(), Instant::now());
+                    }
                     let retryable = status.filter(|&code| self.settings.retries_on(code));
                     let Some(code) = retryable else { return respond(response, recorder, (picked, slot)) };
                     let cause = format!("answered {}", code_label(tonic::Code::from(code as i32)));
@@ -269,6 +309,94 @@ impl Call {
             req = retry;
         }
         unreachable!("the attempt loop only ends by returning")
+    }
+
+    /// Sends one attempt to `picked` and waits for its response headers until `until`. For a
+    /// hedged method, once the attempt is late (the configured delay, or the service's recent
+    /// p95) a second one goes to another endpoint, if the replay buffer and the retry budget
+    /// allow: the first answer wins and the other attempt is dropped, which cancels it upstream
+    /// (RST_STREAM); an attempt that fails leaves the race to the other. Returns the endpoint
+    /// whose answer counts, when that attempt was sent, and what came back (`None`: `until`
+    /// passed).
+    async fn exchange(
+        &self,
+        req: Request<PeerBody>,
+        picked: InFlight<PeerClient>,
+        until: Option<Instant>,
+        replayed: &impl Fn() -> Option<Request<PeerBody>>,
+        recorder: &mut Recorder,
+    ) -> (InFlight<PeerClient>, Instant, Attempted) {
+        let sent = Instant::now();
+        let endpoint = picked.endpoint().clone();
+        let first = bounded(endpoint.client().send(req), until);
+        let delay = match self.settings.hedge {
+            None => None,
+            Some(HedgeDelay::After(delay)) => Some(delay),
+            Some(HedgeDelay::P95) => self.destination.latencies.p95(sent),
+        };
+        let Some(delay) = delay else { return (picked, sent, first.await) };
+        tokio::pin!(first);
+        tokio::select! {
+            biased;
+            result = &mut first => return (picked, sent, result),
+            () = tokio::time::sleep(delay) => {}
+        }
+        let Some((hedge, req)) = self.hedge(&endpoint, delay, replayed) else { return (picked, sent, first.await) };
+        if let Some(span) = recorder.span_mut() {
+            span.retried_for("hedge");
+        }
+        let hedged = Instant::now();
+        let other = hedge.endpoint().clone();
+        let second = bounded(other.client().send(req), until);
+        tokio::pin!(second);
+        let (mut first_failed, mut second_failed) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut first, if first_failed.is_none() => {
+                    if matches!(result, Some(Ok(_))) {
+                        return (picked, sent, result);
+                    }
+                    first_failed = Some(result);
+                }
+                result = &mut second, if second_failed.is_none() => {
+                    if matches!(result, Some(Ok(_))) {
+                        HedgeWon { service: self.service.as_str() }.emit(&self.telemetry);
+                        return (hedge, hedged, result);
+                    }
+                    second_failed = Some(result);
+                }
+            }
+            // Both failed: the first attempt's outcome decides what happens next.
+            match (first_failed.take(), second_failed.take()) {
+                (Some(result), Some(_)) => return (picked, sent, result),
+                (a, b) => (first_failed, second_failed) = (a, b),
+            }
+        }
+    }
+
+    /// A hedge for a call late at `first`: another endpoint, a replay of the request, and the
+    /// budget's leave; `None` if any is missing.
+    fn hedge(
+        &self,
+        first: &Arc<Endpoint<PeerClient>>,
+        after: Duration,
+        replayed: &impl Fn() -> Option<Request<PeerBody>>,
+    ) -> Option<(InFlight<PeerClient>, Request<PeerBody>)> {
+        let service = self.service.as_str();
+        // A few picks, so that another endpoint is found even when P2C favours the late one.
+        let other = (0..4)
+            .filter_map(|_| self.balancer.try_pick_in(self.subset.as_ref()).ok())
+            .find(|p| !Arc::ptr_eq(p.endpoint(), first))?;
+        let Some(req) = replayed() else {
+            RetryWithheld { service, reason: RetryRefused::BodyTooLarge }.emit(&self.telemetry);
+            return None;
+        };
+        if !self.destination.budget.try_retry(&self.budget_policy, Instant::now()) {
+            RetryWithheld { service, reason: RetryRefused::Budget }.emit(&self.telemetry);
+            return None;
+        }
+        Hedged { service, instance: first.record.instance_id.as_str(), after }.emit(&self.telemetry);
+        Some((other, req))
     }
 
     /// The error of a pick that found no endpoint.
@@ -351,6 +479,18 @@ impl Call {
     }
 }
 
+/// What one attempt's send came to: `None` if its time ran out.
+type Attempted = Option<Result<Response<hyper::body::Incoming>, SendError<PeerBody>>>;
+
+/// `send`, given up at `until`. Not an `async fn`: one would hold `send` twice (as its argument
+/// and as what it awaits), and an attempt's future is part of every call's.
+fn bounded<F: Future>(send: F, until: Option<Instant>) -> impl Future<Output = Option<F::Output>> {
+    match until {
+        Some(at) => Either::Left(tokio::time::timeout_at(at, send).map(Result::ok)),
+        None => Either::Right(send.map(Some)),
+    }
+}
+
 /// The caller gets the endpoint's response, observed, holding the endpoint's in-flight count
 /// until it ends; the hop-level `mesh-not-processed` does not go further.
 fn respond(
@@ -368,4 +508,27 @@ fn respond(
 /// failure of that endpoint, not of the service.
 fn made_by_proxy_unavailable(headers: &HeaderMap) -> bool {
     headers.contains_key(MESH_ERROR) && headers.get(GRPC_STATUS).is_some_and(|s| s == "14")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bounded_attempt_holds_its_send_once() {
+        // An `async fn` here held the send future twice (docs/performance.md): every call's
+        // future carries two of these, and tokio copies it several times per call.
+        let send = async {
+            let buffer = [0u8; 512];
+            tokio::task::yield_now().await;
+            buffer.len()
+        };
+        let alone = std::mem::size_of_val(&send);
+        let bounded = bounded(send, Some(Instant::now()));
+        assert!(
+            std::mem::size_of_val(&bounded) < alone + 256,
+            "{} for a {alone}-byte send",
+            std::mem::size_of_val(&bounded)
+        );
+    }
 }

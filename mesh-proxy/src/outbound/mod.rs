@@ -4,7 +4,9 @@
 //! app --h2c--> outbound listener -> target service (authority.rs: from :authority)
 //!            -> policy.rs: the destination's policy (timeouts, retries, limits), its retry budget
 //!               (budget.rs) and circuit breaker (breaker.rs)
-//!            -> logical.rs: the call's deadline, attempts and retries (next: routes, hedges, mirrors)
+//!            -> route.rs: the policy's route for the call: its subset, settings and faults
+//!            -> logical.rs: the call's deadline, attempts, retries and hedges (latency.rs: the
+//!               hedge delay)
 //!            -> balance: P2C over peak-EWMA, waits up to the fail-fast timeout
 //!            -> endpoint: one multiplexed HTTP/2 connection per instance
 //!            -> the instance's inbound listener
@@ -13,8 +15,12 @@
 mod authority;
 pub(crate) mod breaker;
 pub(crate) mod budget;
+mod latency;
 mod logical;
+mod mirror;
 pub(crate) mod policy;
+pub(crate) mod report;
+mod route;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,7 +61,7 @@ pub(crate) struct Outbound {
     /// How long a call waits for a ready endpoint.
     pub(crate) fail_fast: Duration,
     /// The destinations' policies and retry budgets.
-    pub(crate) policies: policy::Policies,
+    pub(crate) policies: Arc<policy::Policies>,
 }
 
 impl Outbound {
@@ -94,17 +100,35 @@ impl Outbound {
             Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
         };
         let rules = self.policies.rules(&service);
-        let (settings, budget_policy, limits) = match &rules.policy {
-            Some(policy) => (policy.settings(req.uri().path()), policy.budget(), policy.breaker()),
+        let (routed, budget_policy, limits) = match &rules.policy {
+            Some(policy) => match route::route(policy, req.uri().path(), req.headers(), &balancer, service.as_str()) {
+                Ok(routed) => (routed, policy.budget(), policy.breaker()),
+                Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
+            },
             None => Default::default(),
         };
+        if let Some((route, subset)) = routed.labels {
+            recorder.route(route, subset);
+        }
+        let mirror = routed.mirror.and_then(|to| {
+            let (balancer, subset, service) = match to {
+                route::MirrorTo::Subset(subset) => (balancer.clone(), Some(subset), service.to_string()),
+                route::MirrorTo::Service(other) => (self.discovery.balancer(&other).ok()?, None, other.to_string()),
+            };
+            let slots = rules.destination.mirrors.clone();
+            Some(mirror::Mirror { balancer, subset, service, slots, telemetry: self.telemetry.clone() })
+        });
         let call = logical::Call {
             service,
             balancer,
             fail_fast: self.fail_fast,
             grpc,
             telemetry: self.telemetry.clone(),
-            settings,
+            settings: routed.settings,
+            subset: routed.subset,
+            pending: routed.pending,
+            delay: routed.delay,
+            mirror,
             destination: rules.destination,
             budget_policy,
             limits,

@@ -5,10 +5,11 @@
 //! defaults again. Each destination also has its retry [`Budget`] and its circuit [`Breaker`],
 //! kept across policy changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use mesh_registry::policy::{CircuitBreaker, ServicePolicy};
+use mesh_registry::status::Running;
 use mesh_registry::watch_prefix::Values;
 use mesh_registry::{Layout, ServiceName};
 use parking_lot::Mutex;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 
 use super::breaker::Breaker;
 use super::budget::Budget;
+use super::latency::Latencies;
 use crate::balance::discovery::MAX_SERVICES;
 use crate::telemetry::Telemetry;
 use crate::telemetry::events::PolicyRejected;
@@ -26,6 +28,8 @@ use crate::telemetry::events::PolicyRejected;
 struct Parsed {
     from: Values,
     by_service: HashMap<String, Arc<ServicePolicy>>,
+    /// Which revision of each service's document is in force (and which was rejected).
+    running: Arc<BTreeMap<String, Running>>,
 }
 
 /// What this proxy keeps per destination service.
@@ -33,6 +37,10 @@ struct Parsed {
 pub(crate) struct Destination {
     pub(crate) budget: Budget,
     pub(crate) breaker: Breaker,
+    /// Recent latency of hedged calls (their hedge delay).
+    pub(crate) latencies: Latencies,
+    /// Slots for mirrored calls in flight.
+    pub(crate) mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 /// What calls to one service follow.
@@ -64,6 +72,11 @@ impl Policies {
         Self { values, layout, parsed: Mutex::new(Arc::default()), destinations: Mutex::new(HashMap::new()), telemetry }
     }
 
+    /// The document in force for `service`, if any.
+    pub(crate) fn policy(&self, service: &ServiceName) -> Option<Arc<ServicePolicy>> {
+        self.parsed().by_service.get(service.as_str()).cloned()
+    }
+
     /// The rules for calls to `service`.
     pub(crate) fn rules(&self, service: &ServiceName) -> ServiceRules {
         let policy = self.parsed().by_service.get(service.as_str()).cloned();
@@ -79,24 +92,39 @@ impl Policies {
         parsed.clone()
     }
 
+    /// Which revision of each destination's policy is in force, and which was rejected.
+    pub(crate) fn running(&self) -> Arc<BTreeMap<String, Running>> {
+        self.parsed().running.clone()
+    }
+
+    /// A receiver of the watched documents, to wait for changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Values> {
+        self.values.clone()
+    }
+
     fn parse(&self, values: Values, previous: &Parsed) -> Parsed {
         let mut by_service = HashMap::new();
-        for (key, value) in values.iter() {
+        let mut running = BTreeMap::new();
+        for (key, entry) in values.iter() {
             let Some(service) = self.layout.parse_policy_key(key) else { continue };
-            match ServicePolicy::parse(value) {
+            match ServicePolicy::parse(&entry.value) {
                 Ok(policy) => {
                     let unchanged = previous.by_service.get(service).filter(|p| ***p == policy);
                     by_service.insert(service.to_string(), unchanged.cloned().unwrap_or_else(|| Arc::new(policy)));
+                    running.insert(service.to_string(), Running { revision: entry.revision, rejected: None });
                 }
                 Err(error) => {
                     PolicyRejected { key, error: &error }.emit(&self.telemetry);
+                    let kept = previous.running.get(service).map_or(0, |r| r.revision);
                     if let Some(last_good) = previous.by_service.get(service) {
                         by_service.insert(service.to_string(), last_good.clone());
                     }
+                    running.insert(service.to_string(), Running { revision: kept, rejected: Some(entry.revision) });
                 }
             }
         }
-        Parsed { from: values, by_service }
+        self.telemetry.policies_in_force(&running);
+        Parsed { from: values, by_service, running: Arc::new(running) }
     }
 
     fn destination(&self, service: &ServiceName) -> Arc<Destination> {
@@ -111,6 +139,8 @@ impl Policies {
         let destination = Arc::new(Destination {
             budget: Budget::new(Instant::now()),
             breaker: Breaker::new(&CircuitBreaker::default()),
+            latencies: Latencies::new(Instant::now()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(super::mirror::MAX_IN_FLIGHT)),
         });
         destinations.insert(service.clone(), destination.clone());
         destination
@@ -119,7 +149,7 @@ impl Policies {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use mesh_registry::watch_prefix::Entry;
 
     use super::*;
 
@@ -134,20 +164,23 @@ mod tests {
         let policies = Policies::new(rx, Layout::default(), telemetry);
         assert!(policies.rules(&svc("orders")).policy.is_none(), "no document: built-in defaults");
 
-        let put = |doc: &str| {
+        let put = |doc: &str, revision: i64| {
             let mut values = BTreeMap::new();
-            values.insert("/mesh/v1/policies/orders".to_string(), doc.as_bytes().to_vec());
-            values.insert("/mesh/v1/policies/bad/nested".to_string(), b"ignored".to_vec());
+            let entry = |v: &[u8]| Entry { revision, value: v.to_vec() };
+            values.insert("/mesh/v1/policies/orders".to_string(), entry(doc.as_bytes()));
+            values.insert("/mesh/v1/policies/bad/nested".to_string(), entry(b"ignored"));
             tx.send_replace(Arc::new(values));
         };
-        put(r#"{"version":"v1","defaults":{"idempotent":true}}"#);
+        put(r#"{"version":"v1","defaults":{"idempotent":true}}"#, 7);
         let rules = policies.rules(&svc("orders"));
         assert!(rules.policy.as_ref().is_some_and(|p| p.settings("/a.B/C").idempotent));
-        put(r#"{"version":"v1","defaults":{"idempotent":"yes"}}"#);
+        assert_eq!(policies.running()["orders"], Running { revision: 7, rejected: None });
+        put(r#"{"version":"v1","defaults":{"idempotent":"yes"}}"#, 9);
         assert!(
             policies.rules(&svc("orders")).policy.is_some_and(|p| p.settings("/a.B/C").idempotent),
             "the last good document stays"
         );
+        assert_eq!(policies.running()["orders"], Running { revision: 7, rejected: Some(9) }, "and is reported");
         tx.send_replace(Arc::default());
         assert!(policies.rules(&svc("orders")).policy.is_none(), "deleted: built-in defaults again");
         assert!(Arc::ptr_eq(&rules.destination, &policies.rules(&svc("orders")).destination), "one per service");

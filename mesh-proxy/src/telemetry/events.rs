@@ -198,6 +198,8 @@ impl ServiceIdle<'_> {
         let _ = f.ejections.remove_label_values(&[self.service]);
         let _ = f.ejection_returns.remove_label_values(&[self.service]);
         let _ = f.shed.remove_label_values(&[self.service]);
+        let _ = f.hedges.remove_label_values(&[self.service]);
+        let _ = f.hedges_won.remove_label_values(&[self.service]);
         tracing::debug!(service = %self.service, "dropping the watch of an idle service");
     }
 }
@@ -221,6 +223,8 @@ impl ServiceTracked<'_> {
         f.ejections.with_label_values(&[self.service]);
         f.ejection_returns.with_label_values(&[self.service]);
         f.shed.with_label_values(&[self.service]);
+        f.hedges.with_label_values(&[self.service]);
+        f.hedges_won.with_label_values(&[self.service]);
         tracing::debug!(service = %self.service, "watching a new service");
     }
 }
@@ -245,18 +249,48 @@ impl Retried<'_> {
     }
 }
 
+/// A hedged call's first attempt was late: a second one went to another endpoint.
+#[derive(Debug)]
+pub(crate) struct Hedged<'a> {
+    pub(crate) service: &'a str,
+    /// The late endpoint.
+    pub(crate) instance: &'a str,
+    pub(crate) after: std::time::Duration,
+}
+
+impl Hedged<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.hedges.with_label_values(&[self.service]).inc();
+        tracing::debug!(service = %self.service, instance = %self.instance, after = ?self.after, "hedging a late call");
+    }
+}
+
+/// A hedge answered before the attempt it raced (which is cancelled).
+#[derive(Debug)]
+pub(crate) struct HedgeWon<'a> {
+    pub(crate) service: &'a str,
+}
+
+impl HedgeWon<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.hedges_won.with_label_values(&[self.service]).inc();
+    }
+}
+
 /// An endpoint failed too often in a row and was taken out of its service's balancer.
 #[derive(Debug)]
 pub(crate) struct EndpointEjected<'a> {
     pub(crate) service: &'a str,
     pub(crate) instance: &'a str,
     pub(crate) length: std::time::Duration,
+    /// What gave it away.
+    pub(crate) why: &'static str,
 }
 
 impl EndpointEjected<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
         t.families.ejections.with_label_values(&[self.service]).inc();
-        tracing::warn!(service = %self.service, instance = %self.instance, seconds = self.length.as_secs(), "endpoint ejected after consecutive failures");
+        tracing::warn!(service = %self.service, instance = %self.instance, seconds = self.length.as_secs(), why = self.why, "endpoint ejected");
     }
 }
 
@@ -398,5 +432,38 @@ impl AppUnreachable<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
         t.families.app_unreachable.inc();
         tracing::warn!(app = %self.app, why = %self.why, "the local app stopped answering: deregistering until it is back");
+    }
+}
+
+/// The inbound concurrency limit was set or learnt anew.
+pub(crate) struct InboundLimitChanged {
+    pub(crate) limit: u32,
+    /// When it starts or stops binding: whether it binds now, and the app's latency in the
+    /// window and unloaded.
+    pub(crate) binding: Option<(bool, std::time::Duration, std::time::Duration)>,
+}
+
+impl InboundLimitChanged {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.inbound_limit.set(i64::from(self.limit));
+        match self.binding {
+            Some((true, rtt, unloaded)) => {
+                tracing::warn!(
+                    limit = self.limit,
+                    ?rtt,
+                    ?unloaded,
+                    "the local app is queueing: calls over the inbound concurrency limit are refused"
+                );
+            }
+            Some((false, rtt, unloaded)) => {
+                tracing::info!(
+                    limit = self.limit,
+                    ?rtt,
+                    ?unloaded,
+                    "the local app copes again: the inbound concurrency limit no longer refuses calls"
+                );
+            }
+            None => {}
+        }
     }
 }

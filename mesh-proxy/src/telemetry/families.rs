@@ -29,9 +29,15 @@ pub(super) struct Families {
     pub(super) retries_refused: IntCounterVec,
     pub(super) ejections: IntCounterVec,
     pub(super) shed: IntCounterVec,
+    pub(super) hedges: IntCounterVec,
+    pub(super) hedges_won: IntCounterVec,
     pub(super) ejection_returns: IntCounterVec,
     pub(super) balancer_picks: IntCounterVec,
     pub(super) endpoints: IntGaugeVec,
+    pub(super) policy_revision: IntGaugeVec,
+    pub(super) mirrored: IntCounterVec,
+    pub(super) route_requests: IntCounterVec,
+    pub(super) rate_limited: IntCounterVec,
     /// By [`Direction`].
     pub(super) open_connections: [IntGauge; 2],
     /// By [`Direction`].
@@ -48,6 +54,7 @@ pub(super) struct Families {
     pub(super) telemetry_dropped: IntCounterVec,
     pub(super) spans_unsampled: IntCounter,
     pub(super) app_unreachable: IntCounter,
+    pub(super) inbound_limit: IntGauge,
 }
 
 impl Families {
@@ -99,9 +106,19 @@ impl Families {
                 "Calls failed at once because the destination's circuit breaker was full (calls in flight and waiting), by destination service.",
                 &["dst_service"],
             )?,
+            hedges: d.counter_vec(
+                "mesh_hedges_total",
+                "Second attempts sent because a hedged call's first was late, by destination service (charged to the retry budget).",
+                &["dst_service"],
+            )?,
+            hedges_won: d.counter_vec(
+                "mesh_hedges_won_total",
+                "Hedges that answered first (the late attempt was cancelled), by destination service.",
+                &["dst_service"],
+            )?,
             ejections: d.counter_vec(
                 "mesh_outlier_ejections_total",
-                "Endpoints taken out of the balancer after 5 failures in a row (or a failed probe), by destination service.",
+                "Endpoints taken out of the balancer after 5 failures in a row, a failed probe, or a success rate far below their peers', by destination service.",
                 &["dst_service"],
             )?,
             ejection_returns: d.counter_vec(
@@ -115,6 +132,26 @@ impl Families {
                 &["dst_service", "endpoint"],
             )?,
             endpoints: d.gauge_vec("mesh_endpoints", "Endpoints known per destination service.", &["dst_service"])?,
+            rate_limited: d.counter_vec(
+                "mesh_rate_limited_total",
+                "Inbound calls refused by a rate limit of the local service's policy, by limit name.",
+                &["limit"],
+            )?,
+            route_requests: d.counter_vec(
+                "mesh_route_requests_total",
+                "Outbound calls that took a route of their service's policy, by destination service, route, subset drawn (all: every instance) and gRPC status.",
+                &["dst_service", "route", "subset", "grpc_status"],
+            )?,
+            mirrored: d.counter_vec(
+                "mesh_mirrored_total",
+                "Mirrored copies of calls, by shadow service and outcome (answered, failed, skipped); the caller never sees them.",
+                &["dst_service", "outcome"],
+            )?,
+            policy_revision: d.gauge_vec(
+                "mesh_policy_revision",
+                "The etcd revision of the service policy in force, by destination service and state (in_force; rejected: the live one, when it could not be used).",
+                &["dst_service", "state"],
+            )?,
             open_connections: by_direction(&open_connections),
             // Exported at 0 from the start, so dashboards and alerts see them before the first
             // connection.
@@ -165,6 +202,10 @@ impl Families {
             app_unreachable: d.counter(
                 "mesh_app_unreachable_total",
                 "Times the local app stopped answering probes and the instance was deregistered until it answered again.",
+            )?,
+            inbound_limit: d.gauge(
+                "mesh_inbound_concurrency_limit",
+                "Calls the local app may have in flight: the adaptive limit learnt from its latency (refusing only while the app queues), or the fixed one.",
             )?,
         })
     }

@@ -170,6 +170,25 @@ label! {
         PerTryTimeout => "per_try_timeout",
         /// The destination's circuit breaker is full (calls in flight and waiting).
         Overloaded => "overloaded",
+        /// The inbound concurrency limit refused the call: the local app is queueing.
+        AppOverloaded => "app_overloaded",
+        /// The route's fault injection failed the call on purpose.
+        FaultInjected => "fault_injected",
+        /// A rate limit of the service's policy refused the call.
+        RateLimited => "rate_limited",
+    }
+}
+
+label! {
+    /// What became of a mirrored call (`mesh_mirrored_total{outcome}`).
+    MirrorOutcome {
+        /// The shadow answered OK.
+        Answered => "answered",
+        /// The shadow failed, answered an error, or took too long.
+        Failed => "failed",
+        /// Not sent: the body was over the replay buffer, too many mirrors were in flight, or
+        /// the shadow had no ready instance.
+        Skipped => "skipped",
     }
 }
 

@@ -95,6 +95,31 @@ impl Telemetry {
         self.families.balancer_picks.with_label_values(&[service, instance])
     }
 
+    /// Counts a call refused by rate limit `limit` (names come from one document: at most 32).
+    pub(crate) fn rate_limited(&self, limit: &str) {
+        self.families.rate_limited.with_label_values(&[limit]).inc();
+    }
+
+    /// Counts a mirrored call.
+    pub(crate) fn mirrored(&self, service: &str, outcome: labels::MirrorOutcome) {
+        self.families.mirrored.with_label_values(&[service, outcome.as_str()]).inc();
+    }
+
+    /// Reports the policies in force (series of services without a policy go).
+    pub(crate) fn policies_in_force(
+        &self,
+        running: &std::collections::BTreeMap<String, mesh_registry::status::Running>,
+    ) {
+        let family = &self.families.policy_revision;
+        family.reset();
+        for (service, r) in running.iter().take(mesh_registry::status::MAX_REPORTED) {
+            family.with_label_values(&[service.as_str(), "in_force"]).set(r.revision);
+            if let Some(rejected) = r.rejected {
+                family.with_label_values(&[service.as_str(), "rejected"]).set(rejected);
+            }
+        }
+    }
+
     /// Removes an endpoint's series when the endpoint goes.
     pub(crate) fn forget_endpoint(&self, service: &str, instance: &str) {
         let _ = self.families.balancer_picks.remove_label_values(&[service, instance]);

@@ -23,6 +23,7 @@ impl Telemetry {
             error: None,
             request_bytes: Arc::new(AtomicU64::new(0)),
             outcome: None,
+            route: None,
         }
     }
 }
@@ -42,6 +43,8 @@ pub(crate) struct Recorder {
     request_bytes: Arc<AtomicU64>,
     /// Final gRPC status and response bytes, once known.
     outcome: Option<(&'static str, u64)>,
+    /// The policy route the call took, and its subset (outbound).
+    route: Option<(Arc<str>, Option<Arc<str>>)>,
 }
 
 impl Recorder {
@@ -72,6 +75,18 @@ impl Recorder {
         self.error = Some(reason);
     }
 
+    /// The call took `route` of its service's policy, to `subset` (`None`: all instances).
+    pub(crate) fn route(&mut self, route: Arc<str>, subset: Option<Arc<str>>) {
+        self.route = Some((route, subset));
+    }
+
+    /// The subset drawn for the route already recorded, when it was drawn later.
+    pub(crate) fn route_subset(&mut self, subset: Option<Arc<str>>) {
+        if let Some((_, drawn)) = &mut self.route {
+            *drawn = subset;
+        }
+    }
+
     /// Records the request with `status` (a [`super::labels::grpc_status`] value) and the response body size.
     pub(crate) fn finish(mut self, status: &'static str, response_bytes: u64) {
         self.outcome = Some((status, response_bytes));
@@ -88,6 +103,10 @@ impl Drop for Recorder {
         let direction = self.direction.as_str();
         let values = [direction, src, dst, &self.method, status];
         m.requests.with_label_values(&values).inc();
+        if let Some((route, subset)) = &self.route {
+            let subset = subset.as_deref().unwrap_or("all");
+            m.route_requests.with_label_values(&[dst.as_str(), route, subset, status]).inc();
+        }
         m.duration.with_label_values(&values).observe(elapsed.as_secs_f64());
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         if request_bytes > 0 {
