@@ -286,6 +286,9 @@ mod tests {
             addr.parse().unwrap_or_else(|_| unreachable!()),
         );
         r.weight = weight;
+        // Pinned: `new` stamps the wall clock to the millisecond, and two snapshots built a millisecond
+        // apart would otherwise describe a restarted instance.
+        r.started_at = "2026-12-01T00:00:00Z".to_string();
         r
     }
 
