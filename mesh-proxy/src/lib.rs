@@ -18,7 +18,7 @@
 //! | layer | folder | what it holds |
 //! | --- | --- | --- |
 //! | top | [`config`], `proxy.rs` | typed settings; [`build`] then [`Proxy::serve`] |
-//! | request paths | `outbound/`, `inbound/`, `admin/` | the logical outbound path (routes, attempts, deadlines); inbound (authorization, the app); the admin server |
+//! | request paths | `outbound/`, `inbound/`, `gateway/`, `admin/` | the logical outbound path (routes, attempts, deadlines); inbound (authorization, the app); the ingress gateway (edge listeners, routes by host and path, then outbound); the admin server |
 //! | concrete | `balance/` | one service's endpoints (a keyed pool), P2C over peak-EWMA, discovery |
 //! | endpoint | `endpoint/` | connections: transport, mutual TLS, one HTTP/2 connection per peer, listeners |
 //! | shared | `http/`, `identity/` | bodies and proxy-made errors; this proxy's certificate and SPIFFE identities |
@@ -28,6 +28,7 @@ pub(crate) mod admin;
 pub(crate) mod balance;
 pub mod config;
 pub(crate) mod endpoint;
+pub(crate) mod gateway;
 pub(crate) mod headers;
 pub(crate) mod http;
 pub(crate) mod identity;

@@ -18,10 +18,12 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::balance::discovery::{self, Discovery};
 use crate::balance::{Balancer, NewClient};
-use crate::config::{Config, InboundConfig, RegistrationSettings};
+use crate::config::{Config, GatewayConfig, InboundConfig, RegistrationSettings};
 use crate::endpoint::client::H2Client;
-use crate::endpoint::listen::{self, Listener};
+use crate::endpoint::listen::{self, Listener, Protocols};
 use crate::endpoint::transport::{Acceptor, Connector};
+use crate::gateway::certs::Certificates;
+use crate::gateway::{Gateway, reload};
 use crate::identity::{self, CertifyClient, IdentityState};
 use crate::inbound::app::AppProbe;
 use crate::inbound::{self, Inbound};
@@ -50,6 +52,9 @@ pub enum Error {
     /// The TLS configuration could not be built.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The gateway's document could not be read again at startup.
+    #[error("gateway: {0}")]
+    Gateway(String),
     /// The collector endpoint could not be used.
     #[error("--collector-endpoint (MESH_COLLECTOR_ENDPOINT): {0}")]
     Collector(#[from] tonic::transport::Error),
@@ -64,6 +69,10 @@ pub struct Addrs {
     pub outbound: SocketAddr,
     /// The inbound listener (peers' calls), unless outbound only.
     pub inbound: Option<SocketAddr>,
+    /// The gateway's TLS listener.
+    pub gateway_tls: Option<SocketAddr>,
+    /// The gateway's plaintext listener.
+    pub gateway_plain: Option<SocketAddr>,
 }
 
 /// A proxy with its listeners bound, not yet serving.
@@ -90,6 +99,8 @@ struct Listeners {
     admin: TcpListener,
     outbound: TcpListener,
     inbound: Option<TcpListener>,
+    gateway_tls: Option<TcpListener>,
+    gateway_plain: Option<TcpListener>,
 }
 
 /// Declares the metrics, binds the listeners and makes the etcd client.
@@ -107,6 +118,14 @@ pub async fn build(config: Config) -> Result<Proxy, Error> {
             Some(inbound) => Some(cli::bind(inbound.addr, "inbound").await?),
             None => None,
         },
+        gateway_tls: match config.gateway.as_ref().and_then(|g| g.tls_addr) {
+            Some(addr) => Some(cli::bind(addr, "gateway TLS").await?),
+            None => None,
+        },
+        gateway_plain: match config.gateway.as_ref().and_then(|g| g.plain_addr) {
+            Some(addr) => Some(cli::bind(addr, "gateway plaintext").await?),
+            None => None,
+        },
     };
     let etcd = config.etcd.connect().await?;
     Ok(Proxy { config, listeners, telemetry, registry, registry_metrics, etcd })
@@ -119,6 +138,8 @@ impl Proxy {
             admin: self.listeners.admin.local_addr()?,
             outbound: self.listeners.outbound.local_addr()?,
             inbound: self.listeners.inbound.as_ref().map(TcpListener::local_addr).transpose()?,
+            gateway_tls: self.listeners.gateway_tls.as_ref().map(TcpListener::local_addr).transpose()?,
+            gateway_plain: self.listeners.gateway_plain.as_ref().map(TcpListener::local_addr).transpose()?,
         })
     }
 
@@ -176,10 +197,18 @@ impl Proxy {
             lease,
         );
         let _ = admin_state.policies.set(status_json);
+        let gateway_servers = match &config.gateway {
+            Some(settings) => {
+                let edge = (listeners.gateway_tls, listeners.gateway_plain);
+                serve_gateway(settings, edge, outbound.clone(), &telemetry, config.drain_timeout, &stop_rx)?
+            }
+            None => Vec::new(),
+        };
         let outbound_listener = Listener {
             listener: listeners.outbound,
             direction: Direction::Outbound,
             limits: config.outbound.limits,
+            protocols: Protocols::H2,
             acceptor: Acceptor::plaintext(config.outbound.limits.handshake_timeout),
             telemetry: telemetry.clone(),
             drain: config.drain_timeout,
@@ -228,6 +257,7 @@ impl Proxy {
                     listener,
                     direction: Direction::Inbound,
                     limits: settings.limits,
+                    protocols: Protocols::H2,
                     acceptor: match &identity {
                         Some(state) => Acceptor::mtls(settings.limits.handshake_timeout, state, telemetry.clone())?,
                         None => Acceptor::plaintext(settings.limits.handshake_timeout),
@@ -290,6 +320,9 @@ impl Proxy {
         if let Some(inbound_server) = inbound_server {
             let _ = inbound_server.await;
         }
+        for server in gateway_servers {
+            let _ = server.await;
+        }
         if let Some(flush) = flush {
             // The last spans and the final counts reach the collector, or give up after a second.
             export::flush(&flush, Duration::from_secs(1)).await;
@@ -297,6 +330,51 @@ impl Proxy {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The gateway: its document and certificates in force and followed, and its edge listeners
+/// served (TLS, plaintext) in front of the outbound side.
+fn serve_gateway(
+    settings: &GatewayConfig,
+    (tls, plain): (Option<TcpListener>, Option<TcpListener>),
+    outbound: Arc<Outbound>,
+    telemetry: &Arc<Telemetry>,
+    drain: Duration,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let gateway = Arc::new(Gateway { outbound, document: Default::default() });
+    let certificates = Arc::new(Certificates::default());
+    // Read again: the files may have changed since the config was checked.
+    let loaded = reload::load(&settings.document).map_err(Error::Gateway)?;
+    reload::install(loaded, &gateway, &certificates, telemetry, false);
+    tokio::spawn(reload::follow(
+        settings.document.clone(),
+        settings.reload_interval,
+        gateway.clone(),
+        certificates.clone(),
+        telemetry.clone(),
+    ));
+    let handshake = settings.limits.handshake_timeout;
+    let edges = [
+        (tls.map(|l| (l, Acceptor::edge(handshake, certificates.clone(), telemetry.clone())))),
+        (plain.map(|l| (l, Ok(Acceptor::plaintext(handshake))))),
+    ];
+    let mut servers = Vec::new();
+    for (listener, acceptor) in edges.into_iter().flatten() {
+        let listener = Listener {
+            listener,
+            direction: Direction::Gateway,
+            limits: settings.limits,
+            protocols: Protocols::Http1AndH2 { header_read_timeout: settings.header_read_timeout },
+            acceptor: acceptor?,
+            telemetry: telemetry.clone(),
+            drain,
+            tasks: task_monitor(),
+        };
+        let gateway = gateway.clone();
+        servers.push(tokio::spawn(listen::serve(listener, move |req| gateway.handle(req), stop.clone())));
+    }
+    Ok(servers)
 }
 
 /// The outbound side: per-service discovery and balancers whose endpoints connect over mTLS when

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["http", "identity"],
     &["endpoint"],
     &["balance"],
-    &["outbound", "inbound", "admin"],
+    &["outbound", "inbound", "gateway", "admin"],
     &["config"],
     &["proxy"],
 ];

@@ -22,6 +22,7 @@
 //!   subsets and routes (splits, header matches, sticky users, faults); [`versions`]: their
 //!   numbered, bounded history; [`limits`]: rate limits the service's own proxies enforce; [`status`]: which version each proxy runs; [`watch_prefix`]: a live copy of
 //!   any prefix's raw values (policies).
+//! - [`gateway`]: the ingress gateway's routes and certificates.
 //! - [`etcd`]: connection settings; [`metrics`]: counters for all of the above.
 //!
 //! # Feature flags
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod discover;
 mod document;
 pub mod etcd;
+pub mod gateway;
 pub mod identity;
 pub mod layout;
 pub mod limits;

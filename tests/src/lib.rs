@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod demo;
 pub mod etcd;
+pub mod gateway;
 pub mod load;
 pub mod mesh;
 pub mod process;

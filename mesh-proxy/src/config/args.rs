@@ -3,6 +3,7 @@
 //! between settings, and files to read, by [`Args::into_config`], into the typed [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_common::cli::{duration, duration_at_least, within};
@@ -10,7 +11,8 @@ use mesh_registry::cli::{EtcdArgs, LeaseArgs};
 use mesh_registry::{Address, InstanceId, ServiceName};
 
 use super::{
-    AdminConfig, Config, ConfigError, InboundConfig, LimitMode, OutboundConfig, RegistrationSettings, TelemetryConfig,
+    AdminConfig, Config, ConfigError, GatewayConfig, InboundConfig, LimitMode, OutboundConfig, RegistrationSettings,
+    TelemetryConfig,
 };
 use crate::balance::BalancerSettings;
 use crate::endpoint::client::ClientSettings;
@@ -159,6 +161,26 @@ pub struct Args {
     /// Log every request (target `access`: services, method, status, duration, bytes, trace id).
     #[arg(long = "access-log", env = "MESH_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     access_log: bool,
+    /// Run as the mesh's ingress gateway with this document (routes and certificates, YAML):
+    /// edge listeners instead of an app, no inbound listener, never registered.
+    #[arg(long, env = "MESH_GATEWAY", value_name = "FILE")]
+    gateway: Option<PathBuf>,
+    /// The gateway's TLS listener (HTTP/2 and HTTP/1.1 by ALPN), bound when the document names a
+    /// certificate.
+    #[arg(long = "gateway-tls-addr", env = "MESH_GATEWAY_TLS_ADDR", default_value = "0.0.0.0:8443")]
+    gateway_tls_addr: SocketAddr,
+    /// The gateway's plaintext listener (h2c and HTTP/1.1), for development; off unless given.
+    #[arg(long = "gateway-plain-addr", env = "MESH_GATEWAY_PLAIN_ADDR")]
+    gateway_plain_addr: Option<SocketAddr>,
+    /// An HTTP/1.1 request's headers must arrive within this, or its connection is closed.
+    #[arg(long = "gateway-header-read-timeout", env = "MESH_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_at_least(Duration::from_millis(100)), value_name = "DURATION")]
+    gateway_header_read_timeout: Duration,
+    /// How often the gateway's document and certificate files are checked for changes.
+    #[arg(long = "gateway-reload-interval", env = "MESH_GATEWAY_RELOAD_INTERVAL", default_value = "2s", value_parser = duration_at_least(Duration::from_millis(50)), value_name = "DURATION")]
+    gateway_reload_interval: Duration,
+    /// HTTP/2 max concurrent streams per connection from outside (the gateway's listeners).
+    #[arg(long = "gateway-max-streams", env = "MESH_GATEWAY_MAX_STREAMS", default_value_t = 100)]
+    gateway_max_streams: u32,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -209,8 +231,28 @@ impl Args {
             max_header_list_size: self.max_header_list_size,
             keepalive: self.idle_timeout,
         };
-        // Outbound only (no app): no inbound listener and nothing to register or advertise.
-        let (inbound, registration) = match self.app_addr.0 {
+        let gateway = match &self.gateway {
+            None => None,
+            Some(path) => {
+                let (document, _) = crate::gateway::reload::load(path).map_err(ConfigError::Gateway)?;
+                let tls_addr = (!document.certificates.is_empty()).then_some(self.gateway_tls_addr);
+                if tls_addr.is_none() && self.gateway_plain_addr.is_none() {
+                    return Err(ConfigError::GatewayListener(path.clone()));
+                }
+                Some(GatewayConfig {
+                    document: path.clone(),
+                    tls_addr,
+                    plain_addr: self.gateway_plain_addr,
+                    limits: limits(self.gateway_max_streams),
+                    header_read_timeout: self.gateway_header_read_timeout,
+                    reload_interval: self.gateway_reload_interval,
+                })
+            }
+        };
+        // Outbound only (no app, or the gateway): no inbound listener and nothing to register or
+        // advertise.
+        let app = if gateway.is_some() { None } else { self.app_addr.0 };
+        let (inbound, registration) = match app {
             None => (None, None),
             Some(app) => {
                 let advertise = match self.advertise_addr {
@@ -256,6 +298,7 @@ impl Args {
             },
             inbound,
             registration,
+            gateway,
             admin: AdminConfig { addr: self.admin_addr },
             identity,
             telemetry: TelemetryConfig {

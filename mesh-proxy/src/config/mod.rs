@@ -33,6 +33,8 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// This instance's record in the registry; `None` in outbound-only mode.
     pub registration: Option<RegistrationSettings>,
+    /// The ingress gateway's listeners and document, when this proxy is the gateway.
+    pub gateway: Option<GatewayConfig>,
     /// The admin server.
     pub admin: AdminConfig,
     /// Identity and mutual TLS, if on.
@@ -81,6 +83,23 @@ pub struct InboundConfig {
     pub probe_interval: Duration,
     /// How many calls the app may have in flight.
     pub limit: LimitMode,
+}
+
+/// The ingress gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Its document: routes and certificates (checked when the config is built, followed after).
+    pub document: PathBuf,
+    /// The TLS listener, when the document names a certificate.
+    pub tls_addr: Option<SocketAddr>,
+    /// The plaintext listener (development).
+    pub plain_addr: Option<SocketAddr>,
+    /// HTTP/2 limits and the connection cap of each listener.
+    pub limits: H2Limits,
+    /// Bound on an HTTP/1.1 request's headers.
+    pub header_read_timeout: Duration,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// This instance's registration.
@@ -149,6 +168,15 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The gateway's document cannot be used (the message names the file and the line or entry).
+    #[error("--gateway (MESH_GATEWAY): {0}")]
+    Gateway(String),
+    /// The gateway would have no listener.
+    #[error(
+        "--gateway (MESH_GATEWAY) {}: no listener: name a certificate in it (TLS) or give --gateway-plain-addr",
+        .0.display()
+    )]
+    GatewayListener(PathBuf),
     /// The trust bundle holds no certificate.
     #[error("--identity-trust-bundle (MESH_IDENTITY_TRUST_BUNDLE) {}: no PEM certificate in it", .0.display())]
     NoCertificate(PathBuf),

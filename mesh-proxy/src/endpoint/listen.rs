@@ -1,6 +1,7 @@
 //! A listener: accepts connections (up to a cap), hands each to the transport, and serves
-//! HTTP/2 on it with every limit set explicitly. On shutdown it stops accepting, sends GOAWAY on
-//! every connection, and waits for in-flight streams up to the drain deadline.
+//! HTTP/2 on it (or, at the gateway's edge, HTTP/1.1 and HTTP/2, told apart by the first bytes)
+//! with every limit set explicitly. On shutdown it stops accepting, sends GOAWAY on every
+//! connection, and waits for in-flight streams up to the drain deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -41,11 +43,29 @@ pub struct H2Limits {
     pub handshake_timeout: Duration,
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Protocols {
+    /// HTTP/2 only: between proxies, and from the local app.
+    H2,
+    /// HTTP/1.1 and HTTP/2 (the gateway's edge): an HTTP/1.1 request's headers must arrive within
+    /// `header_read_timeout`, or the connection is closed (slowloris).
+    Http1AndH2 { header_read_timeout: Duration },
+}
+
+/// The connection builder for [`Protocols`].
+#[derive(Clone)]
+enum Builder {
+    H2(http2::Builder<MonitoredExecutor>),
+    Auto(auto::Builder<MonitoredExecutor>),
+}
+
 /// A bound listener and how to serve it.
 pub(crate) struct Listener {
     pub(crate) listener: TcpListener,
     pub(crate) direction: Direction,
     pub(crate) limits: H2Limits,
+    pub(crate) protocols: Protocols,
     pub(crate) acceptor: Acceptor,
     pub(crate) telemetry: Arc<Telemetry>,
     /// How long in-flight streams may take after GOAWAY.
@@ -59,23 +79,13 @@ pub(crate) async fn serve<H, F, B>(listener: Listener, handler: H, mut shutdown:
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Listener { listener, direction, limits, acceptor, telemetry, drain, tasks } = listener;
+    let Listener { listener, direction, limits, protocols, acceptor, telemetry, drain, tasks } = listener;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = http2::Builder::new(MonitoredExecutor(tasks.clone()));
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_size)
-        .initial_connection_window_size(limits.connection_window)
-        .initial_stream_window_size(limits.stream_window)
-        .keep_alive_interval(limits.idle_timeout)
-        .keep_alive_timeout(limits.idle_timeout)
-        .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(1024))
-        .max_send_buf_size(256 * 1024);
+    let builder = builder(limits, protocols, MonitoredExecutor(tasks.clone()));
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -110,10 +120,14 @@ where
                         // would be twice the size of the handler's future, and hyper moves it.
                         handler(req).map(Ok::<_, std::convert::Infallible>)
                     });
-                    let connection = builder.serve_connection(TokioIo::new(io), service);
-                    if let Err(error) = watcher.watch(connection).await {
-                        let reason = classify(&error);
-                        ConnectionFailed { direction, peer: addr, reason, error: &error }.emit(&telemetry);
+                    let io = TokioIo::new(io);
+                    let result = match &builder {
+                        Builder::H2(h2) => watcher.watch(h2.serve_connection(io, service)).await.map_err(Into::into),
+                        Builder::Auto(auto) => watcher.watch(auto.serve_connection(io, service)).await,
+                    };
+                    if let Err(error) = result {
+                        let reason = classify(&*error);
+                        ConnectionFailed { direction, peer: addr, reason, error: &*error }.emit(&telemetry);
                     }
                 }
                 Err(error) => {
@@ -130,17 +144,53 @@ where
     }
 }
 
+/// The connection builder, with every limit set.
+fn builder(limits: H2Limits, protocols: Protocols, executor: MonitoredExecutor) -> Builder {
+    macro_rules! h2_limits {
+        ($h2:expr) => {
+            $h2.timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(limits.max_header_list_size)
+                .initial_connection_window_size(limits.connection_window)
+                .initial_stream_window_size(limits.stream_window)
+                .keep_alive_interval(limits.idle_timeout)
+                .keep_alive_timeout(limits.idle_timeout)
+                .max_pending_accept_reset_streams(Some(50))
+                .max_local_error_reset_streams(Some(1024))
+                .max_send_buf_size(256 * 1024)
+        };
+    }
+    match protocols {
+        Protocols::H2 => {
+            let mut h2 = http2::Builder::new(executor);
+            h2_limits!(h2);
+            Builder::H2(h2)
+        }
+        Protocols::Http1AndH2 { header_read_timeout } => {
+            let mut auto = auto::Builder::new(executor);
+            h2_limits!(auto.http2());
+            auto.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_headers(100)
+                .max_buf_size(limits.max_header_list_size.max(8192) as usize);
+            Builder::Auto(auto)
+        }
+    }
+}
+
 /// Resolves once shutdown is requested (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Why a connection ended in error.
-fn classify(error: &hyper::Error) -> ConnectionError {
-    if error.is_timeout() {
+fn classify(error: &(dyn std::error::Error + 'static)) -> ConnectionError {
+    let hyper = error.downcast_ref::<hyper::Error>();
+    if hyper.is_some_and(hyper::Error::is_timeout) {
         return ConnectionError::Timeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return if h2.is_io() { ConnectionError::Io } else { ConnectionError::Protocol };
@@ -150,5 +200,5 @@ fn classify(error: &hyper::Error) -> ConnectionError {
         }
         source = e.source();
     }
-    if error.is_parse() { ConnectionError::Protocol } else { ConnectionError::Other }
+    if hyper.is_some_and(hyper::Error::is_parse) { ConnectionError::Protocol } else { ConnectionError::Other }
 }

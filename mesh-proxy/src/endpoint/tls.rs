@@ -185,6 +185,20 @@ pub(crate) fn client_config(state: &Arc<IdentityState>, expected: Identity) -> R
     Ok(Arc::new(config))
 }
 
+/// The gateway's edge: TLS 1.3 and 1.2, no client certificate, the certificate `resolver` picks
+/// for the client's server name, ALPN `h2` then `http/1.1`.
+pub(crate) fn edge_server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What rustls says when a certificate resolver had nothing for the client (no `Error` variant).
+const NO_CERTIFICATE_RESOLVED: &str = "no server certificate chain resolved";
+
 /// Why a handshake failed, for its event.
 pub(crate) fn failure_reason(error: &std::io::Error) -> TlsFailure {
     if error.kind() == std::io::ErrorKind::TimedOut {
@@ -207,6 +221,8 @@ pub(crate) fn failure_reason(error: &std::io::Error) -> TlsFailure {
             TlsFailure::NotTls
         }
         Error::NoApplicationProtocol => TlsFailure::NoAlpn,
+        Error::PeerIncompatible(_) => TlsFailure::Incompatible,
+        Error::General(message) if message == NO_CERTIFICATE_RESOLVED => TlsFailure::UnknownServerName,
         _ => TlsFailure::Other,
     }
 }

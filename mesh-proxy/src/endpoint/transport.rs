@@ -126,7 +126,7 @@ impl TlsClient {
 #[derive(Clone)]
 pub(crate) struct Acceptor {
     handshake_timeout: Duration,
-    tls: Option<(TlsAcceptor, Arc<Telemetry>)>,
+    tls: Option<(TlsAcceptor, Direction, Arc<Telemetry>)>,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -148,14 +148,25 @@ impl Acceptor {
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, rustls::Error> {
         let acceptor = TlsAcceptor::from(tls::server_config(state)?);
-        Ok(Self { handshake_timeout, tls: Some((acceptor, telemetry)) })
+        Ok(Self { handshake_timeout, tls: Some((acceptor, Direction::Inbound, telemetry)) })
+    }
+
+    /// The gateway's edge: server-only TLS 1.2+ with the certificate `resolver` picks by SNI;
+    /// plaintext and old clients are refused.
+    pub(crate) fn edge(
+        handshake_timeout: Duration,
+        resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, rustls::Error> {
+        let acceptor = TlsAcceptor::from(tls::edge_server_config(resolver)?);
+        Ok(Self { handshake_timeout, tls: Some((acceptor, Direction::Gateway, telemetry)) })
     }
 
     /// Prepares an accepted TCP stream within the handshake timeout. A peer that sends nothing,
     /// or fails the TLS handshake, is dropped.
     pub(crate) async fn accept(&self, tcp: TcpStream, addr: SocketAddr) -> io::Result<(BoxIo, PeerInfo)> {
         tcp.set_nodelay(true)?;
-        let Some((acceptor, telemetry)) = &self.tls else {
+        let Some((acceptor, direction, telemetry)) = &self.tls else {
             tokio::time::timeout(self.handshake_timeout, tcp.readable())
                 .await
                 .map_err(|_| timed_out("first bytes", self.handshake_timeout))??;
@@ -165,7 +176,7 @@ impl Acceptor {
             Ok(result) => result,
             Err(_) => Err(timed_out("TLS handshake", self.handshake_timeout)),
         };
-        let direction = Direction::Inbound;
+        let direction = *direction;
         match result {
             Ok(stream) => {
                 let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(spiffe_identity);

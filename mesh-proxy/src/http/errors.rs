@@ -78,6 +78,9 @@ pub(crate) enum ProxyError {
         per_second: f64,
         pushback_ms: u64,
     },
+    /// No route of the gateway takes the request.
+    #[error("mesh: gateway: no route for host {host:?} and path {path:?}")]
+    NoRoute { host: String, path: String },
     /// The route's fault injection aborted the call (it was never sent).
     #[error("mesh: fault injected by route {route:?} of {service:?}'s policy (abort); not sent")]
     FaultInjected { service: String, route: String, code: i32 },
@@ -88,6 +91,7 @@ impl ProxyError {
     pub(crate) fn reason(&self) -> ErrorReason {
         match self {
             Self::BadAuthority(_) => ErrorReason::BadAuthority,
+            Self::NoRoute { .. } => ErrorReason::NoRoute,
             Self::NoEndpoints(_) | Self::NoSubsetEndpoints { .. } => ErrorReason::NoEndpoints,
             Self::FaultInjected { .. } => ErrorReason::FaultInjected,
             Self::RateLimited { .. } => ErrorReason::RateLimited,
@@ -113,6 +117,7 @@ impl ProxyError {
             }
             Self::TooManyServices(_) | Self::AppOverloaded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::NotAuthorized(_) => Code::PermissionDenied,
+            Self::NoRoute { .. } => Code::Unimplemented,
             Self::FaultInjected { code, .. } => Code::from_i32(*code),
             _ => Code::Unavailable,
         }
@@ -124,6 +129,7 @@ impl ProxyError {
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Unimplemented => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -30,6 +30,7 @@ use futures_util::future::{Either, Ready, ready};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use mesh_registry::ServiceName;
+use mesh_registry::routes::Selector;
 
 use crate::balance::InFlight;
 use crate::balance::discovery::Discovery;
@@ -73,9 +74,21 @@ impl Outbound {
         self: &Arc<Self>,
         req: Request<Incoming>,
     ) -> Either<Ready<Response<OutboundBody>>, impl Future<Output = Response<OutboundBody>> + Send + use<>> {
+        let target = authority::target(&req);
+        self.forward(target, None, req)
+    }
+
+    /// Sends a call to `target` (or fails it, naming the raw authority that named no service),
+    /// only to the instances of `subset` if given (over any subset the service's policy draws):
+    /// the local app's calls, and the gateway's.
+    pub(crate) fn forward(
+        self: &Arc<Self>,
+        target: Result<ServiceName, String>,
+        subset: Option<Selector>,
+        req: Request<Incoming>,
+    ) -> Either<Ready<Response<OutboundBody>>, impl Future<Output = Response<OutboundBody>> + Send + use<>> {
         let grpc = is_grpc(&req);
         let method = self.telemetry.method_label(req.uri().path());
-        let target = authority::target(&req);
         let dst = target.as_ref().map_or("unknown", |s| s.as_str());
         let mut recorder = self.telemetry.start(Direction::Outbound, self.local.as_str(), dst, method);
         let (mut parts, body) = req.into_parts();
@@ -100,13 +113,16 @@ impl Outbound {
             Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
         };
         let rules = self.policies.rules(&service);
-        let (routed, budget_policy, limits) = match &rules.policy {
+        let (mut routed, budget_policy, limits) = match &rules.policy {
             Some(policy) => match route::route(policy, req.uri().path(), req.headers(), &balancer, service.as_str()) {
                 Ok(routed) => (routed, policy.budget(), policy.breaker()),
                 Err(error) => return Either::Left(ready(fail(error, grpc, recorder))),
             },
             None => Default::default(),
         };
+        if let Some(subset) = subset {
+            (routed.subset, routed.pending) = (Some(subset), None);
+        }
         if let Some((route, subset)) = routed.labels {
             recorder.route(route, subset);
         }

@@ -118,8 +118,8 @@ impl TlsHandshakeFailed<'_> {
             Direction::Outbound => {
                 tracing::warn!(peer = %self.peer, reason = %self.reason, error = %self.error, "TLS handshake with a peer failed");
             }
-            // Anyone can knock on the inbound port.
-            Direction::Inbound => {
+            // Anyone can knock on the inbound port, or the gateway's.
+            Direction::Inbound | Direction::Gateway => {
                 tracing::info!(peer = %self.peer, reason = %self.reason, error = %self.error, "refused a connection: TLS handshake failed");
             }
         }
@@ -350,6 +350,43 @@ impl CertificateIssued<'_> {
         t.families.identity_expiry.set(self.not_after);
         let what = if self.renewal { "renewed the identity" } else { "obtained an identity" };
         tracing::info!(identity = %self.identity, not_after = self.not_after, "{what}");
+    }
+}
+
+/// The gateway put a document and its certificates in force (at startup, or on a change).
+pub(crate) struct GatewayLoaded<'a> {
+    pub(crate) routes: usize,
+    /// Each certificate's first DNS name and expiry (Unix seconds).
+    pub(crate) certificates: &'a [(&'a str, i64)],
+    /// A change (not the first load).
+    pub(crate) reload: bool,
+}
+
+impl GatewayLoaded<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        let expiry = &t.families.gateway_cert_expiry;
+        // Certificates no longer served go with their series.
+        expiry.reset();
+        for (name, not_after) in self.certificates {
+            expiry.with_label_values(&[name]).set(*not_after);
+        }
+        if self.reload {
+            t.families.gateway_reloads.with_label_values(&[Outcome::Ok.as_str()]).inc();
+        }
+        let names: Vec<&str> = self.certificates.iter().map(|(name, _)| *name).collect();
+        tracing::info!(routes = self.routes, certificates = ?names, reload = self.reload, "gateway document in force");
+    }
+}
+
+/// A changed gateway document or certificate could not be used; the previous ones stay.
+pub(crate) struct GatewayReloadFailed<'a> {
+    pub(crate) error: &'a dyn Display,
+}
+
+impl GatewayReloadFailed<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.gateway_reloads.with_label_values(&[Outcome::Error.as_str()]).inc();
+        tracing::warn!(error = %self.error, "gateway: the changed document or certificates cannot be used; keeping the previous ones");
     }
 }
 

@@ -23,7 +23,7 @@ pub(super) struct Families {
     pub(super) request_bytes: IntCounterVec,
     pub(super) response_bytes: IntCounterVec,
     /// By [`Direction`].
-    pub(super) open_streams: [IntGauge; 2],
+    pub(super) open_streams: [IntGauge; 3],
     pub(super) proxy_errors: IntCounterVec,
     pub(super) retries: IntCounterVec,
     pub(super) retries_refused: IntCounterVec,
@@ -39,9 +39,9 @@ pub(super) struct Families {
     pub(super) route_requests: IntCounterVec,
     pub(super) rate_limited: IntCounterVec,
     /// By [`Direction`].
-    pub(super) open_connections: [IntGauge; 2],
+    pub(super) open_connections: [IntGauge; 3],
     /// By [`Direction`].
-    pub(super) connections: [IntCounter; 2],
+    pub(super) connections: [IntCounter; 3],
     pub(super) connection_errors: IntCounterVec,
     /// By [`Limit`].
     pub(super) limit_hits: Vec<IntCounter>,
@@ -50,6 +50,8 @@ pub(super) struct Families {
     pub(super) authz_decisions: IntCounterVec,
     pub(super) identity_expiry: IntGauge,
     pub(super) identity_renewals: IntCounterVec,
+    pub(super) gateway_reloads: IntCounterVec,
+    pub(super) gateway_cert_expiry: IntGaugeVec,
     pub(super) telemetry_exported: IntCounterVec,
     pub(super) telemetry_dropped: IntCounterVec,
     pub(super) spans_unsampled: IntCounter,
@@ -185,6 +187,16 @@ impl Families {
                 "Certificate requests to the control plane by outcome.",
                 &["outcome"],
             )?,
+            gateway_reloads: d.counter_vec(
+                "mesh_gateway_reloads_total",
+                "Times the gateway read its changed document and certificates, by outcome (error: the previous ones stay).",
+                &["outcome"],
+            )?,
+            gateway_cert_expiry: d.gauge_vec(
+                "mesh_gateway_certificate_expiry_timestamp_seconds",
+                "When each certificate the gateway serves expires, Unix seconds, by its first DNS name.",
+                &["name"],
+            )?,
             telemetry_exported: d.counter_vec(
                 "mesh_telemetry_exported_total",
                 "Telemetry sent to the collector, by signal (spans; metrics counts data points).",
@@ -212,6 +224,6 @@ impl Families {
 }
 
 /// One value per direction, indexed by `Direction as usize`.
-pub(super) fn per_direction<T>(f: impl Fn(Direction) -> T) -> [T; 2] {
-    [f(Direction::Inbound), f(Direction::Outbound)]
+pub(super) fn per_direction<T>(f: impl Fn(Direction) -> T) -> [T; 3] {
+    [f(Direction::Inbound), f(Direction::Outbound), f(Direction::Gateway)]
 }

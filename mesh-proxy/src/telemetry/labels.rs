@@ -39,6 +39,8 @@ label! {
         Inbound => "inbound",
         /// From the local app to another service.
         Outbound => "outbound",
+        /// From outside the mesh, at the ingress gateway's edge listeners.
+        Gateway => "gateway",
     }
 }
 
@@ -95,6 +97,10 @@ label! {
         NotTls => "not_tls",
         /// No common application protocol (`h2`).
         NoAlpn => "no_alpn",
+        /// No common protocol version or cipher suite (a TLS 1.1 client at the gateway).
+        Incompatible => "incompatible",
+        /// The gateway holds no certificate for the server name the client asked for (SNI).
+        UnknownServerName => "unknown_server_name",
         /// The handshake did not finish in time.
         Timeout => "timeout",
         /// The socket failed.
@@ -176,6 +182,8 @@ label! {
         FaultInjected => "fault_injected",
         /// A rate limit of the service's policy refused the call.
         RateLimited => "rate_limited",
+        /// No route of the gateway takes the request (host and path).
+        NoRoute => "no_route",
     }
 }
 

@@ -1,0 +1,277 @@
+//! The ingress gateway's document: which outside requests go to which mesh service, and the
+//! certificates its TLS listener serves.
+//!
+//! ```yaml
+//! certificates:                   # chosen by SNI from each certificate's DNS names
+//!   - { cert: /etc/mesh/gateway/api.crt, key: /etc/mesh/gateway/api.key }
+//! routes:                         # the first that fits a request takes it
+//!   - name: echo
+//!     hosts: [api.example.com]    # exact, or `*.example.com`; absent: any host
+//!     grpc_service: mesh.demo.v1.Echo   # gRPC: /mesh.demo.v1.Echo/<Method>
+//!     service: echo
+//!     subset: { version: v2 }     # optional: only instances with these labels
+//!   - name: site
+//!     path_prefix: /              # anything else: by path prefix
+//!     service: web
+//! ```
+//!
+//! YAML (or JSON, which is YAML). A document that does not parse says the line and column; one that
+//! parses but cannot be used names the entry and what is wrong. Nothing of a bad document is used.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ServiceName;
+use crate::routes::Selector;
+
+/// The largest document read.
+pub const MAX_GATEWAY_BYTES: usize = 256 * 1024;
+/// The most routes in a document.
+pub const MAX_GATEWAY_ROUTES: usize = 512;
+/// The most certificates in a document.
+pub const MAX_CERTIFICATES: usize = 64;
+
+/// A gateway's routes and certificates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayDocument {
+    /// The TLS listener's certificates.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// In order: the first that fits a request takes it.
+    #[serde(default)]
+    pub routes: Vec<GatewayRoute>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One route into the mesh.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRoute {
+    /// Shown in metrics, logs and errors; unique within the document.
+    pub name: Arc<str>,
+    /// The hosts it takes (`:authority` or `Host`, without the port): exact names or `*.<suffix>`;
+    /// empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// A gRPC service by its full name (`pkg.Service`): paths `/pkg.Service/<Method>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
+    /// Any path that starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The mesh service the requests go to.
+    pub service: ServiceName,
+    /// Only that service's instances with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Selector>,
+}
+
+/// A document that cannot be used, with what is wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid gateway document: {0}")]
+pub struct GatewayError(pub String);
+
+impl GatewayDocument {
+    /// Parses (YAML or JSON) and checks a document.
+    pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
+        if bytes.len() > MAX_GATEWAY_BYTES {
+            return Err(GatewayError(format!("{} bytes, over the {MAX_GATEWAY_BYTES}-byte limit", bytes.len())));
+        }
+        let document: Self = serde_norway::from_slice(bytes).map_err(|e| GatewayError(e.to_string()))?;
+        document.validate()?;
+        Ok(document)
+    }
+
+    fn validate(&self) -> Result<(), GatewayError> {
+        if self.certificates.len() > MAX_CERTIFICATES {
+            return Err(GatewayError(format!("more than {MAX_CERTIFICATES} certificates")));
+        }
+        if self.routes.len() > MAX_GATEWAY_ROUTES {
+            return Err(GatewayError(format!("more than {MAX_GATEWAY_ROUTES} routes")));
+        }
+        let mut names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |e: String| GatewayError(format!("routes[{i}] ({:?}): {e}", route.name));
+            route.validate().map_err(at)?;
+            if !names.insert(&*route.name) {
+                return Err(at("another route has this name".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first route that takes a request for `host` (lowercase, no port) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<&GatewayRoute> {
+        self.routes.iter().find(|r| r.fits(host, path))
+    }
+}
+
+impl GatewayRoute {
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 63 || !self.name.bytes().all(label_char) {
+            return Err("name must be 1-63 characters of a-z, 0-9, `-` and `_`".into());
+        }
+        match (&self.grpc_service, &self.path_prefix) {
+            (Some(_), Some(_)) | (None, None) => return Err("give one of `grpc_service` and `path_prefix`".into()),
+            (Some(service), None) if !valid_grpc_service(service) => {
+                return Err(format!("grpc_service {service:?}: use the full name, `package.Service`"));
+            }
+            (None, Some(prefix)) if !prefix.starts_with('/') || prefix.bytes().any(|b| b.is_ascii_control()) => {
+                return Err(format!("path_prefix {prefix:?} must start with `/`"));
+            }
+            _ => {}
+        }
+        if self.hosts.len() > 64 {
+            return Err("more than 64 hosts".into());
+        }
+        for host in &self.hosts {
+            if !valid_host_pattern(host) {
+                return Err(format!("host {host:?}: use a lowercase DNS name or `*.<suffix>`"));
+            }
+        }
+        if let Some(subset) = &self.subset
+            && subset.0.is_empty()
+        {
+            return Err("subset: give at least one label".into());
+        }
+        Ok(())
+    }
+
+    /// Whether it takes a request for `host` (lowercase, no port) and `path`.
+    pub fn fits(&self, host: &str, path: &str) -> bool {
+        let host_fits = self.hosts.is_empty()
+            || self.hosts.iter().any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host.strip_suffix(suffix).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => pattern == host,
+            });
+        host_fits
+            && match (&self.grpc_service, &self.path_prefix) {
+                (Some(service), _) => path
+                    .strip_prefix('/')
+                    .and_then(|p| p.strip_prefix(service.as_str()))
+                    .is_some_and(|rest| rest.starts_with('/')),
+                (None, Some(prefix)) => path.starts_with(prefix.as_str()),
+                (None, None) => false,
+            }
+    }
+}
+
+fn label_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+}
+
+fn valid_grpc_service(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+fn valid_host_pattern(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && host.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The labels of a subset, as given in a document (for messages).
+pub fn describe(subset: &Selector) -> String {
+    let labels: &BTreeMap<String, String> = &subset.0;
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"
+certificates:
+  - { cert: /c/api.crt, key: /c/api.key }
+routes:
+  - name: echo-v2
+    hosts: [beta.example.com]
+    grpc_service: mesh.demo.v1.Echo
+    service: echo
+    subset: { version: v2 }
+  - name: echo
+    grpc_service: mesh.demo.v1.Echo
+    service: echo
+  - name: wild
+    hosts: ["*.example.com"]
+    path_prefix: /api/
+    service: api
+"#;
+
+    fn doc() -> GatewayDocument {
+        GatewayDocument::parse(DOC.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_first_route_that_fits_takes_the_request() {
+        let doc = doc();
+        let name = |host, path| doc.route(host, path).map(|r| r.name.to_string());
+        assert_eq!(name("beta.example.com", "/mesh.demo.v1.Echo/Unary").as_deref(), Some("echo-v2"));
+        assert_eq!(name("localhost", "/mesh.demo.v1.Echo/Unary").as_deref(), Some("echo"));
+        assert_eq!(name("x.example.com", "/api/users").as_deref(), Some("wild"));
+        assert_eq!(name("example.com", "/api/users"), None, "a wildcard needs a label before its suffix");
+        assert_eq!(name("xexample.com", "/api/users"), None);
+        assert_eq!(name("localhost", "/mesh.demo.v1.EchoMore/Unary"), None, "a service name is whole");
+        assert_eq!(name("localhost", "/mesh.demo.v1.Echo"), None);
+        assert_eq!(doc.certificates[0].key, PathBuf::from("/c/api.key"));
+        assert_eq!(describe(doc.routes[0].subset.as_ref().unwrap_or_else(|| unreachable!())), "version=v2");
+    }
+
+    #[test]
+    fn bad_documents_say_where_and_what() {
+        let cases = [
+            ("routes:\n  - name: a\n    grpc_service: a.B\n    service: echo\n    color: red\n", "line 5"),
+            ("routes:\n  - name: a\n    grpc_service: [\n", "line"),
+            ("routes:\n  - { name: a, service: echo }\n", "routes[0] (\"a\"): give one of"),
+            ("routes:\n  - { name: a, service: echo, grpc_service: a.B, path_prefix: / }\n", "give one of"),
+            ("routes:\n  - { name: a, service: echo, grpc_service: /a.B/ }\n", "grpc_service \"/a.B/\""),
+            ("routes:\n  - { name: a, service: echo, path_prefix: api }\n", "must start with `/`"),
+            ("routes:\n  - { name: a, service: Echo!, path_prefix: / }\n", "line 2"),
+            ("routes:\n  - { name: a, hosts: [Api.com], service: e, path_prefix: / }\n", "host \"Api.com\""),
+            ("routes:\n  - { name: a, hosts: ['*'], service: e, path_prefix: / }\n", "host \"*\""),
+            ("routes:\n  - { name: A, service: e, path_prefix: / }\n", "name must be"),
+            ("routes:\n  - { name: a, service: e, path_prefix: /, subset: {} }\n", "subset: give at least one"),
+            (
+                "routes:\n  - { name: a, service: e, path_prefix: / }\n  - { name: a, service: f, path_prefix: / }\n",
+                "routes[1] (\"a\"): another route",
+            ),
+        ];
+        for (text, expected) in cases {
+            match GatewayDocument::parse(text.as_bytes()) {
+                Ok(doc) => panic!("accepted {text:?}: {doc:?}"),
+                Err(e) => assert!(e.to_string().contains(expected), "{text:?}: {e} (expected {expected:?})"),
+            }
+        }
+        let huge = vec![b' '; MAX_GATEWAY_BYTES + 1];
+        assert!(GatewayDocument::parse(&huge).is_err_and(|e| e.to_string().contains("over the")));
+    }
+
+    #[test]
+    fn json_is_accepted_and_an_empty_document_routes_nothing() {
+        let json = r#"{"routes":[{"name":"a","path_prefix":"/","service":"web"}]}"#;
+        let doc = GatewayDocument::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(doc.route("any", "/x").map(|r| r.service.as_str()), Some("web"));
+        let empty = GatewayDocument::parse(b"{}").unwrap_or_else(|e| panic!("{e}"));
+        assert!(empty.route("any", "/").is_none());
+    }
+}
