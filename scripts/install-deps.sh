@@ -35,6 +35,7 @@ debian=(
   "cmd:prometheus                                        prometheus"
   "cmd:promtool                                          prometheus"
   "cmd:curl                                              curl"
+  "cmd:chromium                                          chromium"
   "cmd:cc                                                gcc"
   "cmd:python3                                           python3"
   "pymod:pip                                             python3-pip"

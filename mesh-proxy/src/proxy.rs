@@ -20,7 +20,7 @@ use crate::balance::discovery::{self, Discovery};
 use crate::balance::{Balancer, NewClient};
 use crate::config::{Config, GatewayConfig, InboundConfig, RegistrationSettings};
 use crate::endpoint::client::H2Client;
-use crate::endpoint::listen::{self, Listener, Protocols};
+use crate::endpoint::listen::{self, Listener};
 use crate::endpoint::transport::{Acceptor, Connector};
 use crate::gateway::certs::Certificates;
 use crate::gateway::{Gateway, reload};
@@ -208,7 +208,6 @@ impl Proxy {
             listener: listeners.outbound,
             direction: Direction::Outbound,
             limits: config.outbound.limits,
-            protocols: Protocols::H2,
             acceptor: Acceptor::plaintext(config.outbound.limits.handshake_timeout),
             telemetry: telemetry.clone(),
             drain: config.drain_timeout,
@@ -257,7 +256,6 @@ impl Proxy {
                     listener,
                     direction: Direction::Inbound,
                     limits: settings.limits,
-                    protocols: Protocols::H2,
                     acceptor: match &identity {
                         Some(state) => Acceptor::mtls(settings.limits.handshake_timeout, state, telemetry.clone())?,
                         None => Acceptor::plaintext(settings.limits.handshake_timeout),
@@ -342,7 +340,7 @@ fn serve_gateway(
     drain: Duration,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
-    let gateway = Arc::new(Gateway { outbound, document: Default::default() });
+    let gateway = Arc::new(Gateway { outbound, state: Default::default() });
     let certificates = Arc::new(Certificates::default());
     // Read again: the files may have changed since the config was checked.
     let loaded = reload::load(&settings.document).map_err(Error::Gateway)?;
@@ -365,14 +363,15 @@ fn serve_gateway(
             listener,
             direction: Direction::Gateway,
             limits: settings.limits,
-            protocols: Protocols::Http1AndH2 { header_read_timeout: settings.header_read_timeout },
             acceptor: acceptor?,
             telemetry: telemetry.clone(),
             drain,
             tasks: task_monitor(),
         };
         let gateway = gateway.clone();
-        servers.push(tokio::spawn(listen::serve(listener, move |req| gateway.handle(req), stop.clone())));
+        let header_read_timeout = settings.header_read_timeout;
+        let serve = listen::serve_http(listener, header_read_timeout, move |req| gateway.handle(req), stop.clone());
+        servers.push(tokio::spawn(serve));
     }
     Ok(servers)
 }

@@ -10,9 +10,12 @@
 //!     grpc_service: mesh.demo.v1.Echo   # gRPC: /mesh.demo.v1.Echo/<Method>
 //!     service: echo
 //!     subset: { version: v2 }     # optional: only instances with these labels
-//!   - name: site
-//!     path_prefix: /              # anything else: by path prefix
+//!   - name: api
+//!     path_prefix: /api/          # anything else: by path prefix
 //!     service: web
+//!   - name: page
+//!     path_prefix: /              # or files the gateway serves itself (GET and HEAD)
+//!     files: /srv/www
 //! ```
 //!
 //! YAML (or JSON, which is YAML). A document that does not parse says the line and column; one that
@@ -44,6 +47,118 @@ pub struct GatewayDocument {
     /// In order: the first that fits a request takes it.
     #[serde(default)]
     pub routes: Vec<GatewayRoute>,
+    /// Which web pages' scripts may call through the gateway (gRPC-Web from a browser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    /// How `authenticated` routes check their callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+}
+
+/// Edge authentication: a JWT bearer token (`Authorization: Bearer <token>`), RS256 or ES256,
+/// signed by a key of the JWKS file, from the issuer, for one of the audiences, not expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// The issuer's public keys, a JWK set (JSON); followed like the document.
+    pub jwks_file: PathBuf,
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// One of these must be in the token's `aud`.
+    pub audiences: Vec<String>,
+    /// The header that carries the token's `sub` to the service; whatever an outside caller sends
+    /// in it is removed.
+    #[serde(default = "default_subject_header")]
+    pub subject_header: String,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u32,
+}
+
+fn default_subject_header() -> String {
+    "x-mesh-subject".into()
+}
+
+fn default_leeway() -> u32 {
+    30
+}
+
+impl Auth {
+    fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_empty() {
+            return Err("issuer: give the `iss` tokens carry".into());
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err("audiences: give at least one".into());
+        }
+        let header = &self.subject_header;
+        if header.is_empty()
+            || !header.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || matches!(header.as_str(), "authorization" | "host" | "te" | "connection" | "content-type")
+            || header.starts_with("grpc-")
+        {
+            return Err(format!("subject_header {header:?}: use a lowercase header name of your own"));
+        }
+        if self.leeway_s > 300 {
+            return Err("leeway_s: at most 300".into());
+        }
+        Ok(())
+    }
+}
+
+/// Who may take a route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    /// Anyone.
+    #[default]
+    Public,
+    /// Callers with a valid token (the document's `auth`).
+    Authenticated,
+}
+
+/// Cross-origin calls from browsers: preflights answered at the gateway, allowed origins told so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins (`https://app.example.com`, `http://localhost:8080`), or `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight's answer, seconds.
+    #[serde(default = "default_max_age")]
+    pub max_age_s: u32,
+}
+
+fn default_max_age() -> u32 {
+    600
+}
+
+impl Cors {
+    /// Whether a page from `origin` may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.allowed_origins.is_empty() || self.allowed_origins.len() > 64 {
+            return Err("allowed_origins: give 1-64 origins".into());
+        }
+        for origin in &self.allowed_origins {
+            let valid = origin == "*"
+                || origin.split_once("://").is_some_and(|(scheme, host)| {
+                    matches!(scheme, "http" | "https")
+                        && !host.is_empty()
+                        && !host.contains('/')
+                        && host.bytes().all(|b| b.is_ascii_graphic())
+                });
+            if !valid {
+                return Err(format!("allowed_origins: {origin:?} is not `*` or scheme://host[:port]"));
+            }
+        }
+        if self.max_age_s > 86_400 {
+            return Err("max_age_s: at most 86400".into());
+        }
+        Ok(())
+    }
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -73,10 +188,18 @@ pub struct GatewayRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     /// The mesh service the requests go to.
-    pub service: ServiceName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    /// Instead of a service: a directory whose files the gateway serves (the path after the
+    /// route's prefix; `index.html` for a directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<PathBuf>,
     /// Only that service's instances with these labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<Selector>,
+    /// `public` (the default) or `authenticated`.
+    #[serde(default)]
+    pub auth: RouteAuth,
 }
 
 /// A document that cannot be used, with what is wrong and where.
@@ -102,12 +225,21 @@ impl GatewayDocument {
         if self.routes.len() > MAX_GATEWAY_ROUTES {
             return Err(GatewayError(format!("more than {MAX_GATEWAY_ROUTES} routes")));
         }
+        if let Some(cors) = &self.cors {
+            cors.validate().map_err(|e| GatewayError(format!("cors: {e}")))?;
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate().map_err(|e| GatewayError(format!("auth: {e}")))?;
+        }
         let mut names = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = |e: String| GatewayError(format!("routes[{i}] ({:?}): {e}", route.name));
             route.validate().map_err(at)?;
             if !names.insert(&*route.name) {
                 return Err(at("another route has this name".into()));
+            }
+            if route.auth == RouteAuth::Authenticated && self.auth.is_none() {
+                return Err(at("`auth: authenticated` needs the document's `auth` section".into()));
             }
         }
         Ok(())
@@ -131,6 +263,15 @@ impl GatewayRoute {
             }
             (None, Some(prefix)) if !prefix.starts_with('/') || prefix.bytes().any(|b| b.is_ascii_control()) => {
                 return Err(format!("path_prefix {prefix:?} must start with `/`"));
+            }
+            _ => {}
+        }
+        match (&self.service, &self.files) {
+            (Some(_), Some(_)) | (None, None) => return Err("give one of `service` and `files`".into()),
+            (None, Some(_)) if self.subset.is_some() => return Err("`subset` goes with `service`".into()),
+            (None, Some(_)) if self.grpc_service.is_some() => return Err("`files` goes with `path_prefix`".into()),
+            (None, Some(dir)) if !dir.is_absolute() => {
+                return Err(format!("files {:?}: give an absolute directory", dir.display()));
             }
             _ => {}
         }
@@ -235,6 +376,12 @@ routes:
         assert_eq!(name("localhost", "/mesh.demo.v1.Echo"), None);
         assert_eq!(doc.certificates[0].key, PathBuf::from("/c/api.key"));
         assert_eq!(describe(doc.routes[0].subset.as_ref().unwrap_or_else(|| unreachable!())), "version=v2");
+        let cors = GatewayDocument::parse(b"cors: { allowed_origins: [\"http://localhost:8080\"] }")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .cors
+            .unwrap_or_else(|| unreachable!());
+        assert!(cors.allows("http://localhost:8080") && !cors.allows("http://evil.test"));
+        assert_eq!(cors.max_age_s, 600);
     }
 
     #[test]
@@ -251,6 +398,21 @@ routes:
             ("routes:\n  - { name: a, hosts: ['*'], service: e, path_prefix: / }\n", "host \"*\""),
             ("routes:\n  - { name: A, service: e, path_prefix: / }\n", "name must be"),
             ("routes:\n  - { name: a, service: e, path_prefix: /, subset: {} }\n", "subset: give at least one"),
+            ("cors: { allowed_origins: [example.com] }\n", "cors: allowed_origins: \"example.com\""),
+            ("routes:\n  - { name: a, path_prefix: / }\n", "give one of `service` and `files`"),
+            (
+                "routes:\n  - { name: a, path_prefix: /, service: e, auth: authenticated }\n",
+                "needs the document's `auth`",
+            ),
+            ("routes:\n  - { name: a, path_prefix: /, service: e, auth: maybe }\n", "line 2"),
+            ("auth: { jwks_file: /j, issuer: i, audiences: [] }\n", "auth: audiences"),
+            ("auth: { jwks_file: /j, issuer: i, audiences: [a], subject_header: Authorization }\n", "subject_header"),
+            ("auth: { jwks_file: /j, issuer: i, audiences: [a], subject_header: grpc-status }\n", "subject_header"),
+            ("routes:\n  - { name: a, path_prefix: /, service: e, files: /w }\n", "give one of `service`"),
+            ("routes:\n  - { name: a, path_prefix: /, files: www }\n", "absolute"),
+            ("routes:\n  - { name: a, path_prefix: /, files: /w, subset: { v: a } }\n", "`subset` goes with"),
+            ("cors: { allowed_origins: [] }\n", "cors: allowed_origins: give"),
+            ("cors: { allowed_origins: [\"http://a/b\"] }\n", "is not `*`"),
             (
                 "routes:\n  - { name: a, service: e, path_prefix: / }\n  - { name: a, service: f, path_prefix: / }\n",
                 "routes[1] (\"a\"): another route",
@@ -270,7 +432,7 @@ routes:
     fn json_is_accepted_and_an_empty_document_routes_nothing() {
         let json = r#"{"routes":[{"name":"a","path_prefix":"/","service":"web"}]}"#;
         let doc = GatewayDocument::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(doc.route("any", "/x").map(|r| r.service.as_str()), Some("web"));
+        assert_eq!(doc.route("any", "/x").and_then(|r| r.service.as_ref()).map(|s| s.as_str()), Some("web"));
         let empty = GatewayDocument::parse(b"{}").unwrap_or_else(|e| panic!("{e}"));
         assert!(empty.route("any", "/").is_none());
     }

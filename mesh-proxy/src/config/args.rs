@@ -234,7 +234,7 @@ impl Args {
         let gateway = match &self.gateway {
             None => None,
             Some(path) => {
-                let (document, _) = crate::gateway::reload::load(path).map_err(ConfigError::Gateway)?;
+                let document = crate::gateway::reload::load(path).map_err(ConfigError::Gateway)?.document;
                 let tls_addr = (!document.certificates.is_empty()).then_some(self.gateway_tls_addr);
                 if tls_addr.is_none() && self.gateway_plain_addr.is_none() {
                     return Err(ConfigError::GatewayListener(path.clone()));

@@ -3,6 +3,7 @@
 //! with every limit set explicitly. On shutdown it stops accepting, sends GOAWAY on every
 //! connection, and waits for in-flight streams up to the drain deadline.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::transport::Acceptor;
+use super::transport::{Acceptor, BoxIo, PeerInfo};
 use crate::telemetry::events::{AcceptFailed, ConnectionFailed, ConnectionRefused};
 use crate::telemetry::labels::ConnectionError;
 use crate::telemetry::runtime::MonitoredExecutor;
@@ -43,21 +44,23 @@ pub struct H2Limits {
     pub handshake_timeout: Duration,
 }
 
-/// What a listener speaks.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Protocols {
-    /// HTTP/2 only: between proxies, and from the local app.
-    H2,
-    /// HTTP/1.1 and HTTP/2 (the gateway's edge): an HTTP/1.1 request's headers must arrive within
-    /// `header_read_timeout`, or the connection is closed (slowloris).
-    Http1AndH2 { header_read_timeout: Duration },
-}
+/// Why a connection's HTTP failed.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The connection builder for [`Protocols`].
-#[derive(Clone)]
-enum Builder {
-    H2(http2::Builder<MonitoredExecutor>),
-    Auto(auto::Builder<MonitoredExecutor>),
+/// Every HTTP/2 limit, set explicitly.
+macro_rules! h2_limits {
+    ($h2:expr, $limits:expr) => {
+        $h2.timer(TokioTimer::new())
+            .max_concurrent_streams($limits.max_concurrent_streams)
+            .max_header_list_size($limits.max_header_list_size)
+            .initial_connection_window_size($limits.connection_window)
+            .initial_stream_window_size($limits.stream_window)
+            .keep_alive_interval($limits.idle_timeout)
+            .keep_alive_timeout($limits.idle_timeout)
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(1024))
+            .max_send_buf_size(256 * 1024)
+    };
 }
 
 /// A bound listener and how to serve it.
@@ -65,7 +68,6 @@ pub(crate) struct Listener {
     pub(crate) listener: TcpListener,
     pub(crate) direction: Direction,
     pub(crate) limits: H2Limits,
-    pub(crate) protocols: Protocols,
     pub(crate) acceptor: Acceptor,
     pub(crate) telemetry: Arc<Telemetry>,
     /// How long in-flight streams may take after GOAWAY.
@@ -74,18 +76,96 @@ pub(crate) struct Listener {
     pub(crate) tasks: tokio_metrics::TaskMonitor,
 }
 
-/// Serves `handler` until `shutdown` turns true, then drains.
-pub(crate) async fn serve<H, F, B>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>)
+/// Serves `handler` over HTTP/2 until `shutdown` turns true, then drains: between proxies, and
+/// from the local app.
+pub(crate) async fn serve<H, F, B>(listener: Listener, handler: H, shutdown: watch::Receiver<bool>)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
-    let Listener { listener, direction, limits, protocols, acceptor, telemetry, drain, tasks } = listener;
+    let mut h2 = http2::Builder::new(MonitoredExecutor(listener.tasks.clone()));
+    h2_limits!(h2, listener.limits);
+    // Each serving function holds one connection type: a sidecar's listeners never compile the
+    // HTTP/1.1 path (sharing a task with it cost ~1 000 instructions per call, by callgrind).
+    let connect = move |io, handler, peer, watcher: Watcher| {
+        let connection = h2.serve_connection(io, stream_service(handler, peer));
+        async move { watcher.watch(connection).await.map_err(BoxError::from) }
+    };
+    accept_loop(listener, handler, shutdown, connect).await;
+}
+
+/// Serves `handler` over HTTP/1.1 and HTTP/2, told apart by the first bytes (the gateway's edge),
+/// until `shutdown` turns true, then drains. An HTTP/1.1 request's headers must arrive within
+/// `header_read_timeout`, or the connection is closed (slowloris).
+pub(crate) async fn serve_http<H, F, B>(
+    listener: Listener,
+    header_read_timeout: Duration,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limits = listener.limits;
+    let mut builder = auto::Builder::new(MonitoredExecutor(listener.tasks.clone()));
+    h2_limits!(builder.http2(), limits);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(100)
+        .max_buf_size(limits.max_header_list_size.max(8192) as usize);
+    let connect = move |io, handler, peer, watcher: Watcher| {
+        let builder = builder.clone();
+        async move { watcher.watch(builder.serve_connection(io, stream_service(handler, peer))).await }
+    };
+    accept_loop(listener, handler, shutdown, connect).await;
+}
+
+type Watcher = hyper_util::server::graceful::Watcher;
+
+/// The stream service of one connection: each request carries its peer, and is answered by the
+/// handler's future, mapped (an async block holding the response and awaiting it would be twice
+/// the size of the handler's future, and hyper moves it).
+fn stream_service<H, F, B>(
+    handler: H,
+    peer: PeerInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+> + Send
++ 'static
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+{
+    service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        handler(req).map(Ok::<_, Infallible>)
+    })
+}
+
+/// Accepts connections until `shutdown`, each served by `connect` (given the connection, the
+/// handler and the peer) in its own task, then drains.
+async fn accept_loop<H, F, B, C, CF>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>, connect: C)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    C: Fn(TokioIo<BoxIo>, H, PeerInfo, Watcher) -> CF + Clone + Send + 'static,
+    CF: Future<Output = Result<(), BoxError>> + Send,
+{
+    let Listener { listener, direction, limits, acceptor, telemetry, drain, tasks } = listener;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let builder = builder(limits, protocols, MonitoredExecutor(tasks.clone()));
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -105,8 +185,8 @@ where
             continue;
         };
         let open = telemetry.connection_opened(direction);
-        let (acceptor, handler, telemetry, builder) =
-            (acceptor.clone(), handler.clone(), telemetry.clone(), builder.clone());
+        let (acceptor, handler, telemetry, connect) =
+            (acceptor.clone(), handler.clone(), telemetry.clone(), connect.clone());
         let watcher = graceful.watcher();
         // The handshake runs in the connection's own task, never on the accept loop.
         tokio::spawn(tasks.instrument(async move {
@@ -114,18 +194,7 @@ where
             match acceptor.accept(tcp, addr).await {
                 Ok((io, peer)) => {
                     tracing::trace!(%direction, peer = %peer.addr, "accepted");
-                    let service = service_fn(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(peer.clone());
-                        // `map`, not an async block: a block holding `response` and awaiting it
-                        // would be twice the size of the handler's future, and hyper moves it.
-                        handler(req).map(Ok::<_, std::convert::Infallible>)
-                    });
-                    let io = TokioIo::new(io);
-                    let result = match &builder {
-                        Builder::H2(h2) => watcher.watch(h2.serve_connection(io, service)).await.map_err(Into::into),
-                        Builder::Auto(auto) => watcher.watch(auto.serve_connection(io, service)).await,
-                    };
-                    if let Err(error) = result {
+                    if let Err(error) = connect(TokioIo::new(io), handler, peer, watcher).await {
                         let reason = classify(&*error);
                         ConnectionFailed { direction, peer: addr, reason, error: &*error }.emit(&telemetry);
                     }
@@ -141,41 +210,6 @@ where
     tracing::info!(%direction, connections = graceful.count(), "draining");
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(%direction, "drain deadline reached; closing the remaining streams");
-    }
-}
-
-/// The connection builder, with every limit set.
-fn builder(limits: H2Limits, protocols: Protocols, executor: MonitoredExecutor) -> Builder {
-    macro_rules! h2_limits {
-        ($h2:expr) => {
-            $h2.timer(TokioTimer::new())
-                .max_concurrent_streams(limits.max_concurrent_streams)
-                .max_header_list_size(limits.max_header_list_size)
-                .initial_connection_window_size(limits.connection_window)
-                .initial_stream_window_size(limits.stream_window)
-                .keep_alive_interval(limits.idle_timeout)
-                .keep_alive_timeout(limits.idle_timeout)
-                .max_pending_accept_reset_streams(Some(50))
-                .max_local_error_reset_streams(Some(1024))
-                .max_send_buf_size(256 * 1024)
-        };
-    }
-    match protocols {
-        Protocols::H2 => {
-            let mut h2 = http2::Builder::new(executor);
-            h2_limits!(h2);
-            Builder::H2(h2)
-        }
-        Protocols::Http1AndH2 { header_read_timeout } => {
-            let mut auto = auto::Builder::new(executor);
-            h2_limits!(auto.http2());
-            auto.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .max_headers(100)
-                .max_buf_size(limits.max_header_list_size.max(8192) as usize);
-            Builder::Auto(auto)
-        }
     }
 }
 

@@ -99,25 +99,55 @@ impl<G> Drop for ResponseBody<G> {
     }
 }
 
+/// Where a request body's bytes come from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The connection's body, as sent.
+    Plain(Incoming),
+    /// A gRPC-Web text call's body (at the gateway): base64, decoded on the way. Boxed: every
+    /// call's future holds a `Source`, and only the gateway's text calls need this one.
+    Base64(Box<Base64Decode>),
+}
+
+impl From<Incoming> for Source {
+    fn from(body: Incoming) -> Self {
+        Self::Plain(body)
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The caller's connection or stream failed.
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    /// A gRPC-Web text body that is not base64.
+    #[error("the gRPC-Web text body is not base64: {0}")]
+    NotBase64(String),
+}
+
 /// A request body on its way through, counting its bytes into its request's [`Recorder`].
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     bytes: Arc<AtomicU64>,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, recorder: &Recorder) -> Self {
-        Self { inner, bytes: recorder.request_bytes() }
+    pub(crate) fn new(inner: impl Into<Source>, recorder: &Recorder) -> Self {
+        Self { inner: inner.into(), bytes: recorder.request_bytes() }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let frame = match &mut self.inner {
+            Source::Plain(inner) => ready!(Pin::new(inner).poll_frame(cx)).map(|f| f.map_err(BodyError::Read)),
+            Source::Base64(inner) => ready!(inner.poll_frame(cx)),
+        };
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -127,10 +157,103 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Plain(inner) => inner.is_end_stream(),
+            Source::Base64(inner) => inner.inner.is_end_stream() && inner.pending.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Plain(inner) => inner.size_hint(),
+            Source::Base64(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A base64 body, decoded as it streams. A sender may encode each chunk on its own, so a padded
+/// group (`xx==`) may end a segment in the middle of the body.
+#[derive(Debug)]
+pub(crate) struct Base64Decode {
+    inner: Incoming,
+    /// Characters of a group not complete yet (at most 3 after each chunk).
+    pending: Vec<u8>,
+}
+
+impl Base64Decode {
+    pub(crate) fn new(inner: Incoming) -> Self {
+        Self { inner, pending: Vec::new() }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match decode_groups(&mut self.pending, &data) {
+                        Ok(decoded) if decoded.is_empty() => continue,
+                        Ok(decoded) => return Poll::Ready(Some(Ok(Frame::data(decoded)))),
+                        Err(error) => return Poll::Ready(Some(Err(error))),
+                    },
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                Some(Err(error)) => return Poll::Ready(Some(Err(BodyError::Read(error)))),
+                None if self.pending.is_empty() => return Poll::Ready(None),
+                None => {
+                    let error = format!("it ends inside a group ({} characters left over)", self.pending.len());
+                    self.pending.clear();
+                    return Poll::Ready(Some(Err(BodyError::NotBase64(error))));
+                }
+            }
+        }
+    }
+}
+
+/// Decodes the whole 4-character groups of `pending` + `chunk` (whitespace ignored), keeping the
+/// rest in `pending`.
+pub(crate) fn decode_groups(pending: &mut Vec<u8>, chunk: &[u8]) -> Result<Bytes, BodyError> {
+    use base64::Engine as _;
+    pending.extend(chunk.iter().filter(|b| !b.is_ascii_whitespace()));
+    let whole = pending.len() / 4 * 4;
+    let mut out = Vec::with_capacity(whole / 4 * 3);
+    let mut start = 0;
+    let decode = |segment: &[u8], out: &mut Vec<u8>| {
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(segment, out)
+            .map_err(|e| BodyError::NotBase64(e.to_string()))
+    };
+    for group in (0..whole).step_by(4) {
+        if pending[group + 3] == b'=' {
+            decode(&pending[start..group + 4], &mut out)?;
+            start = group + 4;
+        }
+    }
+    if start < whole {
+        decode(&pending[start..whole], &mut out)?;
+    }
+    pending.drain(..whole);
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_across_chunks_and_padded_segments() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        // Two messages encoded on their own (each padded), cut at odd places.
+        let text = format!("{}{}", b64(b"\x00\x00\x00\x00\x01a"), b64(b"\x00\x00\x00\x00\x02bc"));
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for piece in text.as_bytes().chunks(3) {
+            out.extend_from_slice(&decode_groups(&mut pending, piece).unwrap_or_else(|e| panic!("{e}")));
+        }
+        assert!(pending.is_empty());
+        assert_eq!(out, b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x02bc");
+        assert!(decode_groups(&mut Vec::new(), b"a\r\nb=cd").is_err(), "padding inside a group");
+        assert!(decode_groups(&mut Vec::new(), b"@@@@").is_err());
+        let mut pending = Vec::new();
+        assert_eq!(decode_groups(&mut pending, b"QU Jj\n").unwrap_or_default(), &b"ABc"[..], "whitespace is skipped");
     }
 }

@@ -78,6 +78,9 @@ pub(crate) enum ProxyError {
         per_second: f64,
         pushback_ms: u64,
     },
+    /// The gateway refused the caller's token on an authenticated route.
+    #[error("mesh: gateway: unauthenticated ({reason}): {detail}")]
+    Unauthenticated { reason: &'static str, detail: String },
     /// No route of the gateway takes the request.
     #[error("mesh: gateway: no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
@@ -92,6 +95,7 @@ impl ProxyError {
         match self {
             Self::BadAuthority(_) => ErrorReason::BadAuthority,
             Self::NoRoute { .. } => ErrorReason::NoRoute,
+            Self::Unauthenticated { .. } => ErrorReason::Unauthenticated,
             Self::NoEndpoints(_) | Self::NoSubsetEndpoints { .. } => ErrorReason::NoEndpoints,
             Self::FaultInjected { .. } => ErrorReason::FaultInjected,
             Self::RateLimited { .. } => ErrorReason::RateLimited,
@@ -118,6 +122,7 @@ impl ProxyError {
             Self::TooManyServices(_) | Self::AppOverloaded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::NotAuthorized(_) => Code::PermissionDenied,
             Self::NoRoute { .. } => Code::Unimplemented,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
             Self::FaultInjected { code, .. } => Code::from_i32(*code),
             _ => Code::Unavailable,
         }
@@ -130,6 +135,7 @@ impl ProxyError {
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unimplemented => StatusCode::NOT_FOUND,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

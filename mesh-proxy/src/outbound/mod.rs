@@ -36,7 +36,7 @@ use crate::balance::InFlight;
 use crate::balance::discovery::Discovery;
 use crate::endpoint::client::H2Client;
 use crate::headers::{CLIENT_SERVICE, is_grpc, strip_hop_by_hop};
-use crate::http::body::{RequestBody, ResponseBody};
+use crate::http::body::{RequestBody, ResponseBody, Source};
 use crate::http::errors::ProxyError;
 use crate::http::replay::ReplayBody;
 use crate::telemetry::trace::{SpanKind, Tracer};
@@ -75,7 +75,7 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Either<Ready<Response<OutboundBody>>, impl Future<Output = Response<OutboundBody>> + Send + use<>> {
         let target = authority::target(&req);
-        self.forward(target, None, req)
+        self.forward(target, None, req.map(Source::Plain))
     }
 
     /// Sends a call to `target` (or fails it, naming the raw authority that named no service),
@@ -85,7 +85,7 @@ impl Outbound {
         self: &Arc<Self>,
         target: Result<ServiceName, String>,
         subset: Option<Selector>,
-        req: Request<Incoming>,
+        req: Request<Source>,
     ) -> Either<Ready<Response<OutboundBody>>, impl Future<Output = Response<OutboundBody>> + Send + use<>> {
         let grpc = is_grpc(&req);
         let method = self.telemetry.method_label(req.uri().path());

@@ -10,7 +10,8 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::Telemetry;
 use super::labels::{
-    AuthzResult, ConnectionError, Direction, DropReason, Limit, Outcome, RetryReason, RetryRefused, Signal, TlsFailure,
+    AuthFailure, AuthzResult, ConnectionError, Direction, DropReason, Limit, Outcome, RetryReason, RetryRefused,
+    Signal, TlsFailure,
 };
 
 /// A connection accepted by a listener: counted, and held open in the gauge until dropped.
@@ -375,6 +376,20 @@ impl GatewayLoaded<'_> {
         }
         let names: Vec<&str> = self.certificates.iter().map(|(name, _)| *name).collect();
         tracing::info!(routes = self.routes, certificates = ?names, reload = self.reload, "gateway document in force");
+    }
+}
+
+/// The gateway refused a caller's token.
+pub(crate) struct AuthRefused<'a> {
+    pub(crate) reason: AuthFailure,
+    pub(crate) detail: &'a str,
+    pub(crate) route: &'a str,
+}
+
+impl AuthRefused<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.gateway_auth_refused.with_label_values(&[self.reason.as_str()]).inc();
+        tracing::debug!(reason = %self.reason, detail = self.detail, route = self.route, "gateway: token refused");
     }
 }
 

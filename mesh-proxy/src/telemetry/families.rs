@@ -51,6 +51,7 @@ pub(super) struct Families {
     pub(super) identity_expiry: IntGauge,
     pub(super) identity_renewals: IntCounterVec,
     pub(super) gateway_reloads: IntCounterVec,
+    pub(super) gateway_auth_refused: IntCounterVec,
     pub(super) gateway_cert_expiry: IntGaugeVec,
     pub(super) telemetry_exported: IntCounterVec,
     pub(super) telemetry_dropped: IntCounterVec,
@@ -191,6 +192,11 @@ impl Families {
                 "mesh_gateway_reloads_total",
                 "Times the gateway read its changed document and certificates, by outcome (error: the previous ones stay).",
                 &["outcome"],
+            )?,
+            gateway_auth_refused: d.counter_vec(
+                "mesh_gateway_auth_refused_total",
+                "Requests the gateway refused on an authenticated route, by why the token was refused.",
+                &["reason"],
             )?,
             gateway_cert_expiry: d.gauge_vec(
                 "mesh_gateway_certificate_expiry_timestamp_seconds",

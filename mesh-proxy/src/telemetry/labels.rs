@@ -45,6 +45,32 @@ label! {
 }
 
 label! {
+    /// Why the gateway refused a caller's token (`mesh_gateway_auth_refused_total{reason}`).
+    AuthFailure {
+        /// No `Authorization: Bearer` token on an authenticated route.
+        Missing => "missing",
+        /// Not a JWT, or a subject that cannot be passed on.
+        Malformed => "malformed",
+        /// `alg: none`, an HMAC or other algorithm, or one that does not fit the key.
+        Algorithm => "algorithm",
+        /// Its `kid` names no key of the JWKS.
+        UnknownKey => "unknown_key",
+        /// The signature does not verify.
+        BadSignature => "bad_signature",
+        /// Past its `exp`.
+        Expired => "expired",
+        /// Before its `nbf`.
+        NotYetValid => "not_yet_valid",
+        /// Another `iss`.
+        WrongIssuer => "wrong_issuer",
+        /// None of the configured audiences.
+        WrongAudience => "wrong_audience",
+        /// No `exp`, `iss`, `aud` or `sub`.
+        MissingClaim => "missing_claim",
+    }
+}
+
+label! {
     /// A configured limit that refused work (`mesh_limit_hits_total{limit}`).
     Limit {
         /// A listener at its connection cap.
@@ -184,6 +210,8 @@ label! {
         RateLimited => "rate_limited",
         /// No route of the gateway takes the request (host and path).
         NoRoute => "no_route",
+        /// The gateway refused the caller's token on an authenticated route.
+        Unauthenticated => "unauthenticated",
     }
 }
 
