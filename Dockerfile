@@ -20,7 +20,7 @@ RUN cargo build --release --locked \
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 mesh \
     && useradd --system --uid 10001 --gid mesh --no-create-home --shell /usr/sbin/nologin mesh \
-    && mkdir -p /var/lib/mesh/ca /var/lib/mesh/join \
+    && mkdir -p /var/lib/mesh/ca /var/lib/mesh/join /var/lib/mesh/edge \
     && chown -R mesh:mesh /var/lib/mesh
 COPY --from=build /out/ /usr/local/bin/
 USER mesh

@@ -94,6 +94,32 @@ echo "$status"
 # Version 1 (applied by mesh-bootstrap), run by every proxy: none behind, none rejecting.
 grep -qE '^backend +1 +[0-9]+ +([0-9]+) +\1 +0 +0$' <<<"$status" || fail "not every proxy runs version 1 of backend's policy"
 
+echo "==> the gateway from the host, as the README shows: the page, gRPC-Web with curl, gRPC with grpcio"
+edge="$(mktemp -d)"
+"${compose[@]}" cp gateway:/var/lib/mesh/edge/dev-ca.crt "$edge/dev-ca.crt"
+curl -fsS --cacert "$edge/dev-ca.crt" https://localhost:8443/ | grep -q "Calling the mesh from a browser" \
+  || fail "the gateway does not serve its page on https://localhost:8443/"
+web="$(curl -fsS --cacert "$edge/dev-ca.crt" -H 'content-type: application/grpc-web-text' \
+  --data 'AAAAAAcKBWhlbGxv' https://localhost:8443/mesh.demo.v1.Echo/Unary)"
+python3 - "$web" <<'PY' || fail "gRPC-Web through the gateway: $web"
+import base64, sys
+text = sys.argv[1]
+raw = b"".join(base64.b64decode(text[i:i + 4]) for i in range(0, len(text), 4))
+assert b"hello" in raw and b"store-1" in raw and b"grpc-status:0" in raw, raw
+print("gRPC-Web over TLS: Echo/Unary answered by store-1")
+PY
+python3 - "$edge/dev-ca.crt" <<'PY' || fail "grpcio through the gateway"
+import grpc, sys
+creds = grpc.ssl_channel_credentials(open(sys.argv[1], "rb").read())
+with grpc.secure_channel("localhost:8443", creds) as channel:
+    echo = channel.unary_unary("/mesh.demo.v1.Echo/Unary")(b"\x0a\x05hello", timeout=10)
+    hello = channel.unary_unary("/mesh.demo.v1.Frontend/Hello")(b"\x0a\x07outside", timeout=10)
+assert b"store-1" in echo, echo
+assert b"frontend-1" in hello and b"backend-" in hello, hello
+print("grpcio over TLS: Echo/Unary and Frontend/Hello (frontend -> backend -> store) through the gateway")
+PY
+rm -rf "$edge"
+
 # A pod outlives its containers: kill one, bring it back with `up -d`, and the instance serves again.
 calls() { # 150 Hello calls from the traffic pod through its proxy, frontend -> backend x3 -> store
   "${compose[@]}" exec -T traffic-app mesh-demo hello --target http://127.0.0.1:4140 --authority frontend \

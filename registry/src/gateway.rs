@@ -13,9 +13,15 @@
 //!   - name: api
 //!     path_prefix: /api/          # anything else: by path prefix
 //!     service: web
+//!     limits: { per_client: { per_second: 20 }, timeout_ms: 2000 }
 //!   - name: page
 //!     path_prefix: /              # or files the gateway serves itself (GET and HEAD)
 //!     files: /srv/www
+//! limits:                         # every route's, unless the route sets its own (field by field)
+//!   per_client: { per_second: 100, burst: 200 }  # token bucket per client address and route
+//!   per_route: { per_second: 5000 }              # one bucket for all of the route's requests
+//!   max_request_bytes: 16777216                  # the request body as sent (default 16 MiB)
+//!   timeout_ms: 30000                            # to the response headers; gRPC's deadline too
 //! ```
 //!
 //! YAML (or JSON, which is YAML). A document that does not parse says the line and column; one that
@@ -36,6 +42,12 @@ pub const MAX_GATEWAY_BYTES: usize = 256 * 1024;
 pub const MAX_GATEWAY_ROUTES: usize = 512;
 /// The most certificates in a document.
 pub const MAX_CERTIFICATES: usize = 64;
+/// A route's largest request body when no `max_request_bytes` is given.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+/// The largest `max_request_bytes`.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
+/// The longest `timeout_ms`: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// A gateway's routes and certificates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +65,89 @@ pub struct GatewayDocument {
     /// How `authenticated` routes check their callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Every route's limits, unless a route sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// Limits on a route's requests. Each field absent from a route's `limits` is the document's, and
+/// absent from both, unlimited (but `max_request_bytes`: [`DEFAULT_MAX_REQUEST_BYTES`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests from each client address (a token bucket per address and route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client: Option<Rate>,
+    /// All of the route's requests (one token bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_route: Option<Rate>,
+    /// The largest request body, in bytes as the client sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// How long a request may wait for its response headers, ms; a gRPC call's deadline
+    /// (`grpc-timeout`) is lowered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A token bucket: `per_second` requests, `burst` at once after a quiet spell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per second admitted.
+    pub per_second: u32,
+    /// Requests admitted at once; default `per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl Rate {
+    /// The bucket's size.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.per_second)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let max = crate::limits::MAX_PER_SECOND;
+        if !(1..=max).contains(&self.per_second) || self.burst.is_some_and(|b| !(1..=max).contains(&b)) {
+            return Err(format!("per_second and burst must be 1-{max}"));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// These limits, with the fields they do not set taken from `defaults`.
+    pub fn or(self, defaults: Option<&Self>) -> Self {
+        let Some(d) = defaults else { return self };
+        Self {
+            per_client: self.per_client.or(d.per_client),
+            per_route: self.per_route.or(d.per_route),
+            max_request_bytes: self.max_request_bytes.or(d.max_request_bytes),
+            timeout_ms: self.timeout_ms.or(d.timeout_ms),
+        }
+    }
+
+    /// The largest request body.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(rate) = &self.per_client {
+            rate.validate().map_err(|e| format!("per_client: {e}"))?;
+        }
+        if let Some(rate) = &self.per_route {
+            rate.validate().map_err(|e| format!("per_route: {e}"))?;
+        }
+        if self.max_request_bytes.is_some_and(|b| !(1..=MAX_REQUEST_BYTES).contains(&b)) {
+            return Err(format!("max_request_bytes must be 1-{MAX_REQUEST_BYTES}"));
+        }
+        if self.timeout_ms.is_some_and(|t| !(1..=MAX_TIMEOUT_MS).contains(&t)) {
+            return Err(format!("timeout_ms must be 1-{MAX_TIMEOUT_MS}"));
+        }
+        Ok(())
+    }
 }
 
 /// Edge authentication: a JWT bearer token (`Authorization: Bearer <token>`), RS256 or ES256,
@@ -200,6 +295,9 @@ pub struct GatewayRoute {
     /// `public` (the default) or `authenticated`.
     #[serde(default)]
     pub auth: RouteAuth,
+    /// Its own limits (see [`GatewayDocument::limits_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// A document that cannot be used, with what is wrong and where.
@@ -231,6 +329,9 @@ impl GatewayDocument {
         if let Some(auth) = &self.auth {
             auth.validate().map_err(|e| GatewayError(format!("auth: {e}")))?;
         }
+        if let Some(limits) = &self.limits {
+            limits.validate().map_err(|e| GatewayError(format!("limits: {e}")))?;
+        }
         let mut names = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = |e: String| GatewayError(format!("routes[{i}] ({:?}): {e}", route.name));
@@ -248,6 +349,11 @@ impl GatewayDocument {
     /// The first route that takes a request for `host` (lowercase, no port) and `path`.
     pub fn route(&self, host: &str, path: &str) -> Option<&GatewayRoute> {
         self.routes.iter().find(|r| r.fits(host, path))
+    }
+
+    /// A route's limits: its own, and the document's for the fields it does not set.
+    pub fn limits_of(&self, route: &GatewayRoute) -> Limits {
+        route.limits.unwrap_or_default().or(self.limits.as_ref())
     }
 }
 
@@ -287,6 +393,9 @@ impl GatewayRoute {
             && subset.0.is_empty()
         {
             return Err("subset: give at least one label".into());
+        }
+        if let Some(limits) = &self.limits {
+            limits.validate().map_err(|e| format!("limits: {e}"))?;
         }
         Ok(())
     }
@@ -412,6 +521,15 @@ routes:
             ("routes:\n  - { name: a, path_prefix: /, files: www }\n", "absolute"),
             ("routes:\n  - { name: a, path_prefix: /, files: /w, subset: { v: a } }\n", "`subset` goes with"),
             ("cors: { allowed_origins: [] }\n", "cors: allowed_origins: give"),
+            ("limits: { per_client: { per_second: 0 } }\n", "limits: per_client: per_second and burst"),
+            ("limits: { per_route: { per_second: 5, burst: 0 } }\n", "limits: per_route"),
+            ("limits: { max_request_bytes: 0 }\n", "max_request_bytes must be"),
+            ("limits: { timeout_ms: 0 }\n", "timeout_ms must be"),
+            ("limits: { per_client: 5 }\n", "line 1"),
+            (
+                "routes:\n  - { name: a, path_prefix: /, service: e, limits: { timeout_ms: 99999999 } }\n",
+                "routes[0] (\"a\"): limits: timeout_ms",
+            ),
             ("cors: { allowed_origins: [\"http://a/b\"] }\n", "is not `*`"),
             (
                 "routes:\n  - { name: a, service: e, path_prefix: / }\n  - { name: a, service: f, path_prefix: / }\n",
@@ -426,6 +544,36 @@ routes:
         }
         let huge = vec![b' '; MAX_GATEWAY_BYTES + 1];
         assert!(GatewayDocument::parse(&huge).is_err_and(|e| e.to_string().contains("over the")));
+    }
+
+    #[test]
+    fn a_route_takes_the_documents_limits_for_what_it_does_not_set() {
+        let doc = GatewayDocument::parse(
+            b"limits: { per_client: { per_second: 10 }, timeout_ms: 500 }\n\
+              routes:\n\
+              - { name: own, path_prefix: /a, service: e, limits: { per_client: { per_second: 2, burst: 4 } } }\n\
+              - { name: inherits, path_prefix: /, service: e }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let own = doc.limits_of(&doc.routes[0]);
+        assert_eq!(own.per_client, Some(Rate { per_second: 2, burst: Some(4) }));
+        assert_eq!((own.timeout_ms, own.per_route), (Some(500), None));
+        assert_eq!(own.max_request_bytes(), DEFAULT_MAX_REQUEST_BYTES);
+        let inherits = doc.limits_of(&doc.routes[1]);
+        assert_eq!(inherits.per_client.map(|r| r.burst()), Some(10));
+        let none = GatewayDocument::parse(b"routes: [{ name: a, path_prefix: /, service: e }]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(none.limits_of(&none.routes[0]), Limits::default());
+    }
+
+    #[test]
+    fn the_compose_demos_document_is_valid_and_routes_the_demo() {
+        let doc = GatewayDocument::parse(include_bytes!("../../compose/gateway/gateway.yaml"))
+            .unwrap_or_else(|e| panic!("compose/gateway/gateway.yaml: {e}"));
+        let service = |path| doc.route("localhost", path).and_then(|r| r.service.as_ref()).map(|s| s.to_string());
+        assert_eq!(service("/mesh.demo.v1.Echo/Unary").as_deref(), Some("store"));
+        assert_eq!(service("/mesh.demo.v1.Frontend/Hello").as_deref(), Some("frontend"));
+        assert!(doc.route("localhost", "/index.html").is_some_and(|r| r.files.is_some()));
     }
 
     #[test]

@@ -145,3 +145,33 @@ pub fn served_names(tls: &TlsStream<TcpStream>) -> Vec<String> {
         })
         .collect()
 }
+
+/// One HTTP/1.1 request on an open connection; the response head and body (read to its
+/// Content-Length).
+pub async fn http1<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+    request: &str,
+) -> (String, String) {
+    tokio::io::AsyncWriteExt::write_all(io, request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::io::AsyncReadExt::read(io, &mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return (head.to_string(), body.to_string());
+            }
+        }
+    }
+}

@@ -56,7 +56,30 @@ pub async fn grpc_call(
     message: &impl Message,
     extra: &[(&str, &str)],
 ) -> RawReply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    grpc_call_from(None, addr, authority, path, message, extra).await
+}
+
+/// [`grpc_call`] on a connection from source address `from` (a loopback address: 127.0.0.2 is
+/// another client than 127.0.0.1).
+pub async fn grpc_call_from(
+    from: Option<std::net::IpAddr>,
+    addr: &str,
+    authority: &str,
+    path: &str,
+    message: &impl Message,
+    extra: &[(&str, &str)],
+) -> RawReply {
+    let tcp = match from {
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(addr.parse().unwrap()).await.unwrap()
+        }
+        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
+    };
+    // As gRPC clients do: without it, Nagle holds the DATA frame behind the HEADERS until the
+    // peer's delayed ACK (~40 ms).
+    tcp.set_nodelay(true).unwrap();
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
     let encoded = message.encode_to_vec();

@@ -185,3 +185,46 @@ async fn tokens_are_checked_the_subject_reaches_the_app_and_refusals_say_why() {
     assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
     assert!(raw.contains("no bearer token"), "{raw}");
 }
+
+/// Past the edge, the gateway is a caller like any other: the service's authorization policy
+/// decides what its identity may call, and a denial reaches the outside caller as
+/// PERMISSION_DENIED naming the gateway's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_authorization_applies_to_the_gateways_identity() {
+    use mesh_tests::ca::{SecuredMesh, as_env};
+    let mesh = SecuredMesh::start().await;
+    let ca = DevCa::new();
+    let document = "routes:\n  - { name: echo, grpc_service: mesh.demo.v1.Echo, service: echo }\n";
+    let env = mesh.cp.sidecar_env("api-gateway");
+    let gateway = Gateway::start(&mesh.etcd.endpoint(), ca.dir.path(), document, &as_env(&env)).await;
+    let mut outside = client(&gateway, "api.test").await;
+    assert!(call(&mut outside, &[]).await.is_ok(), "no policy yet: allowed");
+
+    // The gateway may call Unary only.
+    let policy = ca.dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"rules":[{"name":"edge-unary","from":["api-gateway"],"methods":["/mesh.demo.v1.Echo/Unary"]}]}"#,
+    )
+    .unwrap();
+    let args = ["--etcd-endpoints", &mesh.etcd.endpoint(), "policy", "set", "echo", "-f", policy.to_str().unwrap()];
+    let (code, out, err) = mesh_tests::process::run("meshctl", &args);
+    assert_eq!(code, 0, "{out}{err}");
+    let denied = mesh_tests::eventually("the policy to apply", std::time::Duration::from_secs(5), || {
+        let mut outside = outside.clone();
+        async move {
+            let mut stream = match outside.server_stream(EchoRequest { count: 2, ..Default::default() }).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return Some(status),
+            };
+            stream.message().await.err()
+        }
+    })
+    .await;
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let message = denied.message();
+    assert!(message.contains("spiffe://mesh.local/svc/api-gateway") && message.contains("ServerStream"), "{message}");
+    assert_eq!(denied.metadata().get("mesh-error").unwrap(), "not_authorized");
+    let seen = call(&mut outside, &[]).await.unwrap();
+    assert_eq!(seen["mesh-client-service"], "api-gateway", "Unary is allowed, as the gateway: {seen}");
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mesh_tests::eventually;
-use mesh_tests::gateway::{DevCa, Gateway, connect, served_names};
+use mesh_tests::gateway::{DevCa, Gateway, connect, http1, served_names};
 use mesh_tests::mesh::{EchoInstance, metric_sum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,30 +16,6 @@ fn document(ca: &DevCa, routes: &str) -> String {
 }
 
 const ECHO_ROUTE: &str = "  - { name: echo, grpc_service: mesh.demo.v1.Echo, service: echo }\n";
-
-/// One HTTP/1.1 request on an open connection; the response head and body (read to its
-/// Content-Length).
-async fn http1<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, request: &str) -> (String, String) {
-    io.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&raw));
-        raw.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&raw).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                return (head.to_string(), body.to_string());
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn grpcio_over_tls_calls_a_meshed_service_through_the_gateway() {

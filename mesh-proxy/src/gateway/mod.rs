@@ -4,7 +4,9 @@
 //! client --TLS (SNI: certs.rs) or plaintext, HTTP/1.1 or HTTP/2--> edge listener
 //!        -> a CORS preflight is answered here (cors.rs)
 //!        -> the gateway document's first route that fits host and path (else 404 / UNIMPLEMENTED)
-//!        -> gRPC-Web made gRPC (web.rs); the route's service as :authority, HTTP/2 onwards
+//!        -> the route's rate limits (limits.rs), its token check (auth.rs), its size cap
+//!        -> gRPC-Web made gRPC (web.rs); the route's service as :authority, HTTP/2 onwards,
+//!           with the route's timeout as the deadline
 //!        -> outbound: the destination's policy, balancing, mTLS as this proxy's identity
 //!        <- the response made gRPC-Web again, CORS headers for an allowed origin
 //! ```
@@ -17,13 +19,16 @@ mod auth;
 pub(crate) mod certs;
 mod cors;
 mod files;
+mod limits;
 pub(crate) mod reload;
 mod web;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -32,15 +37,17 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use mesh_registry::gateway::{GatewayDocument, RouteAuth};
+use mesh_registry::gateway::{GatewayDocument, GatewayRoute, Limits, RouteAuth};
 use parking_lot::RwLock;
 
-use crate::headers::{MESH_ERROR, MESH_ERROR_MESSAGE, is_grpc};
-use crate::http::body::Source;
+use crate::endpoint::transport::PeerInfo;
+use crate::headers::{GRPC_TIMEOUT, MESH_ERROR, MESH_ERROR_MESSAGE, encode_grpc_timeout, grpc_timeout, is_grpc};
+use crate::http::body::{EdgeBody, Source};
 use crate::http::errors::ProxyError;
 use crate::outbound::{Outbound, OutboundBody};
 use crate::telemetry::Direction;
-use crate::telemetry::events::AuthRefused;
+use crate::telemetry::events::{AuthRefused, EdgeLimited};
+use crate::telemetry::labels::EdgeLimit;
 
 /// A gateway response's body.
 #[derive(Debug)]
@@ -95,6 +102,8 @@ pub(crate) struct Gateway {
 pub(crate) struct InForce {
     pub(crate) document: GatewayDocument,
     pub(crate) verifier: Option<auth::Verifier>,
+    /// The routes' token buckets.
+    pub(crate) limiter: limits::Limiter,
 }
 
 impl Gateway {
@@ -118,6 +127,12 @@ impl Gateway {
             cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
             return Either::Left(ready(response));
         };
+        let limits = state.document.limits_of(route);
+        if let Err(error) = self.limit(&state, route, &limits, &req) {
+            let mut response = self.refuse(error, grpc, req.uri().path(), web);
+            cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
+            return Either::Left(ready(response));
+        }
         // The subject header is the gateway's to set: never the outside caller's.
         let subject = state.verifier.as_ref().map(|v| v.subject_header.clone());
         if let Some(header) = &subject {
@@ -160,6 +175,13 @@ impl Gateway {
                 return Either::Right(Either::Right(page));
             }
         };
+        if let Some(ms) = limits.timeout_ms {
+            // The route's timeout is the call's deadline, unless the caller's is sooner.
+            let timeout = Duration::from_millis(ms);
+            if grpc_timeout(&req).is_none_or(|t| t > timeout) {
+                req.headers_mut().insert(GRPC_TIMEOUT, encode_grpc_timeout(timeout));
+            }
+        }
         let (mut parts, body) = req.into_parts();
         // Onwards it is HTTP/2 to a service, whatever the client spoke: the service's name as
         // the authority, and no `Host` beside it.
@@ -172,17 +194,61 @@ impl Gateway {
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
-        let body = match web {
-            Some(mode) => web::request(&mut parts.headers, body, mode),
-            None => Source::Plain(body),
-        };
-        let req = Request::from_parts(parts, body);
+        if web.is_some() {
+            web::request(&mut parts.headers);
+        }
+        let (limit, over) = (limits.max_request_bytes(), Arc::new(AtomicBool::new(false)));
+        let body = EdgeBody::new(body, web == Some(web::Mode::Text), limit, over.clone());
+        let req = Request::from_parts(parts, Source::Edge(Box::new(body)));
         let call = self.outbound.forward(Ok(service), route.subset.clone(), req);
+        let (this, name) = (self.clone(), route.name.clone());
         Either::Right(Either::Left(call.map(move |response| {
+            // A body cut off at its cap failed the call: say why, whatever the service said.
+            let response = if over.load(Ordering::Relaxed) { this.too_large(&name, limit, grpc) } else { response };
             let mut response = outward(response, grpc, web);
             cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
             response
         })))
+    }
+
+    /// Checks a request against its route's rate limits and, by its declared length, size cap.
+    fn limit<B>(
+        &self,
+        state: &InForce,
+        route: &GatewayRoute,
+        limits: &Limits,
+        req: &Request<B>,
+    ) -> Result<(), ProxyError> {
+        let telemetry = &self.outbound.telemetry;
+        let client = req.extensions().get::<PeerInfo>().map(|peer| peer.addr.ip());
+        if let Err(refused) = state.limiter.admit(&route.name, limits, client) {
+            let error = ProxyError::EdgeRateLimited {
+                route: route.name.to_string(),
+                per: refused.per,
+                per_second: refused.rate.per_second,
+                burst: refused.rate.burst(),
+                pushback_ms: u64::try_from(refused.wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX),
+            };
+            EdgeLimited { route: &route.name, limit: refused.limit, error: &error }.emit(telemetry);
+            return Err(error);
+        }
+        let declared =
+            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let limit = limits.max_request_bytes();
+        if declared.is_some_and(|length| length > limit) {
+            let error = ProxyError::RequestTooLarge { route: route.name.to_string(), limit };
+            EdgeLimited { route: &route.name, limit: EdgeLimit::MaxRequestBytes, error: &error }.emit(telemetry);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// The answer to a call whose body went over its cap on the way (the service's stream was
+    /// reset; the call was recorded as the outbound path saw it).
+    fn too_large(&self, route: &str, limit: u64, grpc: bool) -> Response<OutboundBody> {
+        let error = ProxyError::RequestTooLarge { route: route.to_string(), limit };
+        EdgeLimited { route, limit: EdgeLimit::MaxRequestBytes, error: &error }.emit(&self.outbound.telemetry);
+        error.into_response(grpc)
     }
 
     /// Answers a request the gateway refuses itself (no route, no valid token), recorded as a

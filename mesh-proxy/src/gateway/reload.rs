@@ -55,7 +55,7 @@ pub(crate) fn install(
     GatewayLoaded { routes: document.routes.len(), certificates: &expiries, reload }.emit(telemetry);
     drop(expiries);
     certificates.replace(table);
-    *gateway.state.write() = Arc::new(InForce { document, verifier });
+    *gateway.state.write() = Arc::new(InForce { document, verifier, limiter: Default::default() });
 }
 
 /// What is watched: the document and every file it names.

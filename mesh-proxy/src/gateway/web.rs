@@ -3,7 +3,7 @@
 //!
 //! - `application/grpc-web[+proto]`: the body is gRPC's own framing, passed as is.
 //! - `application/grpc-web-text[+proto]`: the same, base64; decoded on the way in
-//!   (`http::body::Base64Decode`), and each frame encoded on its own on the way out.
+//!   (`http::body::EdgeBody`), and each frame encoded on its own on the way out.
 //!
 //! The response's trailers become its last frame (flag `0x80`, then `name: value\r\n` lines), since
 //! a browser's `fetch` cannot read HTTP trailers. A trailers-only response (an error before any
@@ -17,9 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 
-use crate::http::body::{Base64Decode, Source};
 use crate::outbound::OutboundBody;
 
 /// Which gRPC-Web encoding a call uses.
@@ -51,17 +49,14 @@ impl Mode {
     }
 }
 
-/// Makes a gRPC-Web request's headers a gRPC request's, and its body the source to read.
-pub(crate) fn request(headers: &mut HeaderMap, body: Incoming, mode: Mode) -> Source {
+/// Makes a gRPC-Web request's headers a gRPC request's (its body is decoded on the way if
+/// `mode` is text: `EdgeBody`).
+pub(crate) fn request(headers: &mut HeaderMap) {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     // The length changes with base64, and gRPC does not need it.
     headers.remove(CONTENT_LENGTH);
     headers.remove("x-grpc-web");
-    match mode {
-        Mode::Binary => Source::Plain(body),
-        Mode::Text => Source::Base64(Box::new(Base64Decode::new(body))),
-    }
 }
 
 /// Makes the service's gRPC response a gRPC-Web one.

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -104,9 +104,10 @@ impl<G> Drop for ResponseBody<G> {
 pub(crate) enum Source {
     /// The connection's body, as sent.
     Plain(Incoming),
-    /// A gRPC-Web text call's body (at the gateway): base64, decoded on the way. Boxed: every
-    /// call's future holds a `Source`, and only the gateway's text calls need this one.
-    Base64(Box<Base64Decode>),
+    /// A request from outside the mesh (at the gateway): capped in size, and decoded on the way
+    /// for a gRPC-Web text call. Boxed: every call's future holds a `Source`, and only the
+    /// gateway's calls need this one.
+    Edge(Box<EdgeBody>),
 }
 
 impl From<Incoming> for Source {
@@ -124,6 +125,9 @@ pub(crate) enum BodyError {
     /// A gRPC-Web text body that is not base64.
     #[error("the gRPC-Web text body is not base64: {0}")]
     NotBase64(String),
+    /// A body from outside the mesh over its route's `max_request_bytes`.
+    #[error("the request body is over the route's {0}-byte limit")]
+    TooLarge(u64),
 }
 
 /// A request body on its way through, counting its bytes into its request's [`Recorder`].
@@ -146,7 +150,7 @@ impl Body for RequestBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let frame = match &mut self.inner {
             Source::Plain(inner) => ready!(Pin::new(inner).poll_frame(cx)).map(|f| f.map_err(BodyError::Read)),
-            Source::Base64(inner) => ready!(inner.poll_frame(cx)),
+            Source::Edge(inner) => ready!(inner.poll_frame(cx)),
         };
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
@@ -159,52 +163,81 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Source::Plain(inner) => inner.is_end_stream(),
-            Source::Base64(inner) => inner.inner.is_end_stream() && inner.pending.is_empty(),
+            Source::Edge(inner) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Source::Plain(inner) => inner.size_hint(),
-            Source::Base64(_) => SizeHint::default(),
+            Source::Edge(inner) => inner.size_hint(),
         }
     }
 }
 
-/// A base64 body, decoded as it streams. A sender may encode each chunk on its own, so a padded
-/// group (`xx==`) may end a segment in the middle of the body.
+/// A request body from outside the mesh (at the gateway): its bytes as sent are counted against
+/// the route's cap, and a gRPC-Web text body is decoded from base64 as it streams (a sender may
+/// encode each chunk on its own, so a padded group, `xx==`, may end a segment mid-body).
 #[derive(Debug)]
-pub(crate) struct Base64Decode {
+pub(crate) struct EdgeBody {
     inner: Incoming,
-    /// Characters of a group not complete yet (at most 3 after each chunk).
-    pending: Vec<u8>,
+    /// Characters of a base64 group not complete yet (at most 3 after each chunk); `None`: the
+    /// body is not base64.
+    base64: Option<Vec<u8>>,
+    /// The cap, and the bytes still allowed under it.
+    limit: u64,
+    left: u64,
+    /// Set once the body went over the cap, for the gateway to say so in the response.
+    over: Arc<AtomicBool>,
 }
 
-impl Base64Decode {
-    pub(crate) fn new(inner: Incoming) -> Self {
-        Self { inner, pending: Vec::new() }
+impl EdgeBody {
+    /// `inner`, at most `limit` bytes of it, decoded from base64 if `base64`; `over` is set if the
+    /// body goes over the limit.
+    pub(crate) fn new(inner: Incoming, base64: bool, limit: u64, over: Arc<AtomicBool>) -> Self {
+        Self { inner, base64: base64.then(Vec::new), limit, left: limit, over }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
-            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            let data = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match decode_groups(&mut self.pending, &data) {
-                        Ok(decoded) if decoded.is_empty() => continue,
-                        Ok(decoded) => return Poll::Ready(Some(Ok(Frame::data(decoded)))),
-                        Err(error) => return Poll::Ready(Some(Err(error))),
-                    },
+                    Ok(data) => data,
                     Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                 },
                 Some(Err(error)) => return Poll::Ready(Some(Err(BodyError::Read(error)))),
-                None if self.pending.is_empty() => return Poll::Ready(None),
-                None => {
-                    let error = format!("it ends inside a group ({} characters left over)", self.pending.len());
-                    self.pending.clear();
-                    return Poll::Ready(Some(Err(BodyError::NotBase64(error))));
-                }
+                None => return Poll::Ready(self.end()),
+            };
+            let Some(left) = self.left.checked_sub(data.len() as u64) else {
+                self.over.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(BodyError::TooLarge(self.limit))));
+            };
+            self.left = left;
+            let Some(pending) = &mut self.base64 else {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            };
+            match decode_groups(pending, &data) {
+                Ok(decoded) if decoded.is_empty() => {}
+                Ok(decoded) => return Poll::Ready(Some(Ok(Frame::data(decoded)))),
+                Err(error) => return Poll::Ready(Some(Err(error))),
             }
         }
+    }
+
+    /// The end of the body: an error if it ends inside a base64 group.
+    fn end(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        let pending = self.base64.as_mut().filter(|p| !p.is_empty())?;
+        let error = format!("it ends inside a group ({} characters left over)", pending.len());
+        pending.clear();
+        Some(Err(BodyError::NotBase64(error)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() && self.base64.as_ref().is_none_or(Vec::is_empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.base64.is_some() { SizeHint::default() } else { self.inner.size_hint() }
     }
 }
 

@@ -84,6 +84,14 @@ pub(crate) enum ProxyError {
     /// No route of the gateway takes the request.
     #[error("mesh: gateway: no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
+    /// A rate limit of the gateway's route refused the request (it was never sent).
+    #[error(
+        "mesh: gateway: route {route:?} is rate limited {per} ({per_second}/s, burst {burst}); not sent (retry after {pushback_ms} ms)"
+    )]
+    EdgeRateLimited { route: String, per: String, per_second: u32, burst: u32, pushback_ms: u64 },
+    /// The request's body is over its gateway route's `max_request_bytes`.
+    #[error("mesh: gateway: the request body is over route {route:?}'s limit of {limit} bytes")]
+    RequestTooLarge { route: String, limit: u64 },
     /// The route's fault injection aborted the call (it was never sent).
     #[error("mesh: fault injected by route {route:?} of {service:?}'s policy (abort); not sent")]
     FaultInjected { service: String, route: String, code: i32 },
@@ -98,7 +106,8 @@ impl ProxyError {
             Self::Unauthenticated { .. } => ErrorReason::Unauthenticated,
             Self::NoEndpoints(_) | Self::NoSubsetEndpoints { .. } => ErrorReason::NoEndpoints,
             Self::FaultInjected { .. } => ErrorReason::FaultInjected,
-            Self::RateLimited { .. } => ErrorReason::RateLimited,
+            Self::RateLimited { .. } | Self::EdgeRateLimited { .. } => ErrorReason::RateLimited,
+            Self::RequestTooLarge { .. } => ErrorReason::RequestTooLarge,
             Self::NoReadyEndpoint { .. } => ErrorReason::NoReadyEndpoint,
             Self::DiscoveryUnavailable(_) => ErrorReason::DiscoveryUnavailable,
             Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } => ErrorReason::DeadlineExceeded,
@@ -119,7 +128,11 @@ impl ProxyError {
             Self::DeadlineExceeded { .. } | Self::DeadlineTooShort { .. } | Self::PerTryTimeout { .. } => {
                 Code::DeadlineExceeded
             }
-            Self::TooManyServices(_) | Self::AppOverloaded { .. } | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::TooManyServices(_)
+            | Self::AppOverloaded { .. }
+            | Self::RateLimited { .. }
+            | Self::EdgeRateLimited { .. }
+            | Self::RequestTooLarge { .. } => Code::ResourceExhausted,
             Self::NotAuthorized(_) => Code::PermissionDenied,
             Self::NoRoute { .. } => Code::Unimplemented,
             Self::Unauthenticated { .. } => Code::Unauthenticated,
@@ -129,6 +142,9 @@ impl ProxyError {
     }
 
     fn http_status(&self) -> StatusCode {
+        if let Self::RequestTooLarge { .. } = self {
+            return StatusCode::PAYLOAD_TOO_LARGE;
+        }
         match self.code() {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
@@ -146,6 +162,16 @@ impl ProxyError {
         recorder.proxy_error(self.reason());
         recorder.finish(code_label(self.code()), 0);
         self.into_response(grpc)
+    }
+
+    /// When the caller may try again, for a refusal that says so.
+    fn pushback_ms(&self) -> Option<u64> {
+        match self {
+            Self::AppOverloaded { pushback_ms, .. }
+            | Self::RateLimited { pushback_ms, .. }
+            | Self::EdgeRateLimited { pushback_ms, .. } => Some(*pushback_ms),
+            _ => None,
+        }
     }
 
     /// The response: trailers-only gRPC for gRPC callers, an HTTP status otherwise.
@@ -166,13 +192,17 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(&encoded) {
                 headers.insert(GRPC_MESSAGE, v);
             }
-            if let Self::AppOverloaded { pushback_ms, .. } | Self::RateLimited { pushback_ms, .. } = self {
+            if let Some(pushback_ms) = self.pushback_ms() {
                 // When the caller may try again (gRPC's retry design; the calling proxy honours it).
                 headers.insert(GRPC_RETRY_PUSHBACK, HeaderValue::from(pushback_ms));
             }
         } else {
             if let Ok(v) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
                 headers.insert(MESH_ERROR_MESSAGE, v);
+            }
+            if let Some(pushback_ms) = self.pushback_ms() {
+                // HTTP's hint is in whole seconds.
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(pushback_ms.div_ceil(1000).max(1)));
             }
         }
         response

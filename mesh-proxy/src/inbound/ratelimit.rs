@@ -61,20 +61,30 @@ struct Limit {
     callers: HashMap<String, Bucket>,
 }
 
-/// Tokens refilled at a rate, up to a size.
+/// Tokens refilled at a rate, up to a size (also the gateway's).
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn full(size: f64, now: Instant) -> Self {
+    pub(crate) fn full(size: f64, now: Instant) -> Self {
         Self { tokens: size, at: now }
     }
 
+    /// Takes the token [`Bucket::refill`] found.
+    pub(crate) fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+
+    /// When it was last refilled (used).
+    pub(crate) fn last_used(&self) -> Instant {
+        self.at
+    }
+
     /// Refills to `now`; returns how long until one token is there (zero: there is one).
-    fn refill(&mut self, now: Instant, rate: f64, size: f64) -> Duration {
+    pub(crate) fn refill(&mut self, now: Instant, rate: f64, size: f64) -> Duration {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(size);
         self.at = now;

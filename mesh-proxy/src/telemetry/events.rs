@@ -10,8 +10,8 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::Telemetry;
 use super::labels::{
-    AuthFailure, AuthzResult, ConnectionError, Direction, DropReason, Limit, Outcome, RetryReason, RetryRefused,
-    Signal, TlsFailure,
+    AuthFailure, AuthzResult, ConnectionError, Direction, DropReason, EdgeLimit, Limit, Outcome, RetryReason,
+    RetryRefused, Signal, TlsFailure,
 };
 
 /// A connection accepted by a listener: counted, and held open in the gauge until dropped.
@@ -390,6 +390,20 @@ impl AuthRefused<'_> {
     pub(crate) fn emit(self, t: &Telemetry) {
         t.families.gateway_auth_refused.with_label_values(&[self.reason.as_str()]).inc();
         tracing::debug!(reason = %self.reason, detail = self.detail, route = self.route, "gateway: token refused");
+    }
+}
+
+/// A limit of a gateway route refused a request.
+pub(crate) struct EdgeLimited<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) limit: EdgeLimit,
+    pub(crate) error: &'a dyn Display,
+}
+
+impl EdgeLimited<'_> {
+    pub(crate) fn emit(self, t: &Telemetry) {
+        t.families.gateway_limited.with_label_values(&[self.route, self.limit.as_str()]).inc();
+        tracing::debug!(route = self.route, limit = %self.limit, error = %self.error, "gateway: limited");
     }
 }
 

@@ -52,6 +52,7 @@ pub(super) struct Families {
     pub(super) identity_renewals: IntCounterVec,
     pub(super) gateway_reloads: IntCounterVec,
     pub(super) gateway_auth_refused: IntCounterVec,
+    pub(super) gateway_limited: IntCounterVec,
     pub(super) gateway_cert_expiry: IntGaugeVec,
     pub(super) telemetry_exported: IntCounterVec,
     pub(super) telemetry_dropped: IntCounterVec,
@@ -197,6 +198,11 @@ impl Families {
                 "mesh_gateway_auth_refused_total",
                 "Requests the gateway refused on an authenticated route, by why the token was refused.",
                 &["reason"],
+            )?,
+            gateway_limited: d.counter_vec(
+                "mesh_gateway_limited_total",
+                "Requests a limit of their gateway route refused, by route and limit.",
+                &["route", "limit"],
             )?,
             gateway_cert_expiry: d.gauge_vec(
                 "mesh_gateway_certificate_expiry_timestamp_seconds",

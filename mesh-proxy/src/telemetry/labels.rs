@@ -45,6 +45,18 @@ label! {
 }
 
 label! {
+    /// Which limit of a gateway route refused a request (`mesh_gateway_limited_total{limit}`).
+    EdgeLimit {
+        /// The client address's token bucket was empty.
+        PerClient => "per_client",
+        /// The route's token bucket was empty.
+        PerRoute => "per_route",
+        /// The request body was over `max_request_bytes`.
+        MaxRequestBytes => "max_request_bytes",
+    }
+}
+
+label! {
     /// Why the gateway refused a caller's token (`mesh_gateway_auth_refused_total{reason}`).
     AuthFailure {
         /// No `Authorization: Bearer` token on an authenticated route.
@@ -206,8 +218,10 @@ label! {
         AppOverloaded => "app_overloaded",
         /// The route's fault injection failed the call on purpose.
         FaultInjected => "fault_injected",
-        /// A rate limit of the service's policy refused the call.
+        /// A rate limit of the service's policy, or of the gateway's route, refused the call.
         RateLimited => "rate_limited",
+        /// The request's body is over its gateway route's `max_request_bytes`.
+        RequestTooLarge => "request_too_large",
         /// No route of the gateway takes the request (host and path).
         NoRoute => "no_route",
         /// The gateway refused the caller's token on an authenticated route.

@@ -17,6 +17,7 @@ use mesh_registry::identity::TrustDomain;
 
 mod ca;
 mod certify;
+mod devcert;
 mod rotate;
 
 /// The mesh's control plane.
@@ -36,6 +37,29 @@ enum Command {
     /// Rotate the root: add, then promote, then retire (see the README).
     #[command(subcommand)]
     Root(RootStep),
+    /// Make a development CA and a serving certificate it signs, for the gateway's TLS listener
+    /// (existing files are kept; the CA is the edge's own, not the mesh's root).
+    DevCert(DevCertArgs),
+}
+
+/// `mesh-registry dev-cert` flags.
+#[derive(clap::Args, Debug)]
+struct DevCertArgs {
+    /// Where the files go: dev-ca.crt (what clients trust), dev-ca.key, <file>.crt, <file>.key.
+    #[arg(long)]
+    out: PathBuf,
+    /// The serving certificate's files' name.
+    #[arg(long, default_value = "gateway")]
+    file: String,
+    /// A DNS name or IP address the certificate is for (repeat, or separate with commas).
+    #[arg(long = "name", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    names: Vec<String>,
+    /// How long the serving certificate is valid.
+    #[arg(long, default_value = "365days", value_parser = duration, value_name = "DURATION")]
+    lifetime: Duration,
+    /// Sign the serving certificate again even if it exists (the CA is kept).
+    #[arg(long)]
+    renew: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +146,18 @@ fn main() {
         Command::Root(RootStep::Retire { ca_dir }) => rotate::retire(&ca_dir)
             .map(|()| println!("the trust bundle now holds only the current root"))
             .map_err(|e| e.to_string()),
+        Command::DevCert(DevCertArgs { out, file, names, lifetime, renew }) => {
+            devcert::dev_cert(&out, &file, &names, lifetime, renew).map(|outcome| {
+                let ca = if outcome.created_ca { "created" } else { "kept" };
+                let leaf = if outcome.signed { "signed" } else { "kept" };
+                println!(
+                    "{}/dev-ca.crt: {ca}; {}/{file}.crt for {}: {leaf}",
+                    out.display(),
+                    out.display(),
+                    names.join(", ")
+                );
+            })
+        }
         Command::Serve(args) => {
             match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt.block_on(serve(*args)),
