@@ -105,7 +105,7 @@ python3 - "$web" <<'PY' || fail "gRPC-Web through the gateway: $web"
 import base64, sys
 text = sys.argv[1]
 raw = b"".join(base64.b64decode(text[i:i + 4]) for i in range(0, len(text), 4))
-assert b"hello" in raw and b"store-1" in raw and b"grpc-status:0" in raw, raw
+assert b"hello" in raw and b"store-1" in raw and b"grpc-status: 0" in raw, raw
 print("gRPC-Web over TLS: Echo/Unary answered by store-1")
 PY
 python3 - "$edge/dev-ca.crt" <<'PY' || fail "grpcio through the gateway"
