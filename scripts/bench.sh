@@ -8,6 +8,8 @@
 #               (10 % head sampling, metrics every 10 s); hop2otel100 at 100 % sampling
 #   nginx       nginx grpc_pass, one worker           (single-hop peer)
 #   haproxy     HAProxy in HTTP/2 mode, nbthread 1     (single-hop peer)
+# and, at the edge, TLS terminated by the gateway (mesh-proxy --gateway, 1 worker) and by HAProxy
+# (nbthread 1) with the same certificate, loaded by h2load over TLS (BENCH_SKIP_EDGE=1 skips it).
 # with the proxy at 1 worker thread (like for like) and at its default (2). Loads: 100-byte unary,
 # closed loop 4 connections x 12 streams, and open loop at 2000 calls/s. Medians of BENCH_ROUNDS
 # rounds. Proxy CPU (ms per 1k calls) and RSS come from /proc. Release builds. h2load
@@ -150,8 +152,32 @@ backend be
   http-reuse always
   server app 127.0.0.1:$APP proto h2
 CONF
+# The edge: one certificate (from `mesh-registry dev-cert`) for the gateway and for HAProxy.
+EDGE="$WORK/edge"; HAPROXY_TLS=$(port); GATEWAY_TLS=$(port)
+"$BIN/mesh-registry" dev-cert --out "$EDGE" --name localhost,127.0.0.1 >/dev/null
+cat "$EDGE/gateway.crt" "$EDGE/gateway.key" >"$EDGE/haproxy.pem"
+cat >>"$WORK/haproxy.cfg" <<CONF
+frontend fe_tls
+  bind 127.0.0.1:$HAPROXY_TLS ssl crt $EDGE/haproxy.pem alpn h2
+  default_backend be
+CONF
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 pids+=($!); HAPROXY_PID=$!; wait_port "$HAPROXY"
+
+# The gateway routes Echo to echo-w1: its calls take one more hop than HAProxy's (the server
+# sidecar, then the app); its CPU is the gateway process's alone, as HAProxy's is.
+cat >"$EDGE/gateway.yaml" <<DOC
+certificates:
+  - { cert: $EDGE/gateway.crt, key: $EDGE/gateway.key }
+routes:
+  - { name: echo, grpc_service: mesh.demo.v1.Echo, service: echo-w1 }
+DOC
+GATEWAY_ADMIN=$(port)
+MESH_LOG=warn "$PROXY_BIN" --service bench-gateway --instance-id gateway-1 --app-addr none \
+  --outbound-addr "127.0.0.1:$(port)" --admin-addr "127.0.0.1:$GATEWAY_ADMIN" --etcd-endpoints "127.0.0.1:$ETCD" \
+  --workers 1 --gateway "$EDGE/gateway.yaml" --gateway-tls-addr "127.0.0.1:$GATEWAY_TLS" >"$WORK/gateway.log" 2>&1 &
+pids+=($!); GATEWAY_PID=$!
+wait_ready "127.0.0.1:$GATEWAY_ADMIN"
 
 # target name -> "address authority pids-to-measure"
 declare -A TARGETS=(
@@ -218,6 +244,34 @@ rps = re.search(r"finished in .*?, ([0-9.]+) req/s", text)
 ok = re.search(r"status codes: (\d+) 2xx", text)
 json.dump({"rps": float(rps.group(1)) if rps else None, "ok_2xx": int(ok.group(1)) if ok else None}, sys.stdout)' >"$OUT/$name.h2load.json"
 done
+
+# The edge: h2load over TLS (ALPN h2), 4 connections x 12 streams, the same request; the
+# terminating process's CPU per 1000 calls from /proc.
+edge_one() { # name port pid round
+  local before after
+  before=$(cpu_ticks "$3")
+  h2load -n 40000 -c 4 -m 12 -d "$WORK/req.bin" -H "content-type: application/grpc" -H "te: trailers" \
+    "https://127.0.0.1:$2/mesh.demo.v1.Echo/Unary" >"$WORK/edge.txt" 2>&1 || true
+  after=$(cpu_ticks "$3")
+  python3 - "$WORK/edge.txt" "$((after - before))" "$(getconf CLK_TCK)" "$(rss_kib "$3")" >"$OUT/edge-$1.$4.json" <<'PY'
+import json, re, sys
+text, ticks, hz, rss = open(sys.argv[1]).read(), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rps = re.search(r"finished in .*?, ([0-9.]+) req/s", text)
+ok = re.search(r"status codes: (\d+) 2xx", text)
+mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+tls = re.search(r"TLS Protocol: (\S+)", text)
+json.dump({"rps": float(rps.group(1)) if rps else None, "ok_2xx": int(ok.group(1)) if ok else None,
+           "cpu_ms": ticks * 1000 / hz, "rss_kib": rss, "mean_request": mean.group(1) if mean else None,
+           "tls": tls.group(1) if tls else None}, sys.stdout)
+PY
+}
+if [ -z "${BENCH_SKIP_EDGE:-}" ]; then
+  for round in $(seq "$ROUNDS"); do
+    echo "round $round: edge (gateway, haproxy over TLS)" >&2
+    edge_one gateway "$GATEWAY_TLS" "$GATEWAY_PID" "$round"
+    edge_one haproxy "$HAPROXY_TLS" "$HAPROXY_PID" "$round"
+  done
+fi
 
 # What the collector received and dropped, and its memory, for the report.
 curl -fs "http://127.0.0.1:$COLLECTOR_METRICS/metrics" | grep -E '^mesh_collector_(received|dropped|stored)' >"$OUT/collector.txt" || true

@@ -128,6 +128,35 @@ if H2:
         if h:
             w(f"| {LABEL[n]} | {fmt(h['rps'])} | {fmt(h['rps'] / d if d and h['rps'] else None, '{:.2f}')} | {fmt(h['ok_2xx'])} |")
 
+EDGE = {}
+for n in ("gateway", "haproxy"):
+    rs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(results, f"edge-{n}.*.json")))]
+    rs = [r for r in rs if r.get("rps") and r.get("ok_2xx")]
+    if rs:
+        EDGE[n] = {
+            "rps": med([r["rps"] for r in rs]),
+            "cpu": med([r["cpu_ms"] / r["ok_2xx"] * 1000 for r in rs]),
+            "ok": sum(r["ok_2xx"] for r in rs),
+            "rss_mib": max(r["rss_kib"] for r in rs) / 1024,
+            "mean": rs[len(rs) // 2].get("mean_request"),
+            "tls": rs[0].get("tls"),
+        }
+if EDGE:
+    w("\n## The edge: TLS termination (h2load over TLS, 4 connections x 12 streams, 40 000 calls)\n")
+    w("The same certificate (ECDSA P-256, from `mesh-registry dev-cert`) and request, one thread each. The gateway")
+    w("(`mesh-proxy --gateway`, 1 worker) routes to the mesh service `echo-w1`, so its calls cross one more proxy")
+    w("(the server sidecar) than HAProxy's, which go straight to the app; CPU is the terminating process's")
+    w("alone, per 1000 calls. Medians of the rounds.\n")
+    w("| target | TLS | calls/s | x HAProxy | mean request | CPU ms / 1k calls | RSS MiB | 2xx |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = EDGE.get("haproxy")
+    for n, label in (("gateway", "mesh-proxy --gateway, 1 worker"), ("haproxy", "HAProxy, nbthread 1")):
+        e = EDGE.get(n)
+        if e:
+            ratio = e["rps"] / base["rps"] if base else None
+            w(f"| {label} | {e['tls'] or '-'} | {fmt(e['rps'])} | {fmt(ratio, '{:.2f}')} | {e['mean'] or '-'} | "
+              f"{fmt(e['cpu'], '{:.1f}')} | {fmt(e['rss_mib'], '{:.1f}')} | {e['ok']} |")
+
 
 def check(name, ok, detail):
     w(f"| {name} | {'met' if ok else '**missed**'} | {detail} |")
@@ -170,6 +199,11 @@ for name, label in (("hop2otel-w2", "default settings"), ("hop2otel100-w2", "100
     if base_o and oo:
         added = (oo["p50"] - base_o["p50"]) / 1000
         check(f"telemetry at {label} adds <= 0.05 ms p50 at {rate}/s", added <= 0.05, f"{added:.3f} ms")
+if "gateway" in EDGE and "haproxy" in EDGE:
+    g, h = EDGE["gateway"], EDGE["haproxy"]
+    check("gateway TLS throughput >= HAProxy's", g["rps"] >= h["rps"], f"{g['rps']:.0f} vs {h['rps']:.0f} calls/s")
+    check("gateway CPU per 1k calls <= HAProxy's x 1.2", g["cpu"] <= h["cpu"] * 1.2,
+          f"{g['cpu']:.1f} vs {h['cpu']:.1f} ms ({g['cpu'] / h['cpu']:.2f} x)")
 collector = os.path.join(results, "collector.txt")
 if os.path.exists(collector):
     w("\nThe collector after the run (everything the telemetry paths exported; `mesh_collector_*`):\n")
