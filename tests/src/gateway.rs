@@ -104,6 +104,20 @@ impl Gateway {
     }
 }
 
+/// etcd, one echo instance (`echo-1` of service `echo`, with its sidecar) and a gateway with
+/// `document` (and `extra` environment) in front of it, all ready.
+pub async fn echo_behind_gateway(
+    document: &str,
+    extra: &[(&str, &str)],
+) -> (crate::etcd::Etcd, crate::mesh::EchoInstance, DevCa, Gateway) {
+    let etcd = crate::etcd::Etcd::start().await;
+    let echo = crate::mesh::EchoInstance::start(&etcd.endpoint(), "echo", "echo-1");
+    echo.sidecar.ready().await;
+    let ca = DevCa::new();
+    let gateway = Gateway::start(&etcd.endpoint(), ca.dir.path(), document, extra).await;
+    (etcd, echo, ca, gateway)
+}
+
 /// A TLS client connection to `addr` asking for `server_name` (none: no SNI) and trusting
 /// `ca_pem`, offering `alpn`.
 pub async fn connect(

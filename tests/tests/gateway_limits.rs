@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mesh_proto::demo::v1::EchoRequest;
-use mesh_tests::gateway::{DevCa, Gateway, http1};
+use mesh_tests::gateway::{DevCa, Gateway, echo_behind_gateway, http1};
 use mesh_tests::mesh::{EchoInstance, metric_sum};
 use mesh_tests::raw::{RawReply, grpc_call_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,12 +29,7 @@ routes:
 ";
 
 async fn gateway(extra: &[(&str, &str)]) -> (mesh_tests::etcd::Etcd, EchoInstance, DevCa, Gateway) {
-    let etcd = mesh_tests::etcd::Etcd::start().await;
-    let echo = EchoInstance::start(&etcd.endpoint(), "echo", "echo-1");
-    echo.sidecar.ready().await;
-    let ca = DevCa::new();
-    let gateway = Gateway::start(&etcd.endpoint(), ca.dir.path(), DOCUMENT, extra).await;
-    (etcd, echo, ca, gateway)
+    echo_behind_gateway(DOCUMENT, extra).await
 }
 
 fn client(last: u8) -> Option<IpAddr> {

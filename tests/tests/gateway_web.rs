@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mesh_proto::demo::v1::{EchoReply, EchoRequest};
-use mesh_tests::gateway::{DevCa, Gateway};
+use mesh_tests::gateway::{DevCa, Gateway, echo_behind_gateway};
 use mesh_tests::mesh::EchoInstance;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,12 +19,7 @@ const DOCUMENT: &str = "cors: { allowed_origins: [\"http://app.test\"], max_age_
 routes:\n  - { name: echo, grpc_service: mesh.demo.v1.Echo, service: echo }\n";
 
 async fn gateway() -> (mesh_tests::etcd::Etcd, EchoInstance, DevCa, Gateway) {
-    let etcd = mesh_tests::etcd::Etcd::start().await;
-    let echo = EchoInstance::start(&etcd.endpoint(), "echo", "echo-1");
-    echo.sidecar.ready().await;
-    let ca = DevCa::new();
-    let gateway = Gateway::start(&etcd.endpoint(), ca.dir.path(), DOCUMENT, &[]).await;
-    (etcd, echo, ca, gateway)
+    echo_behind_gateway(DOCUMENT, &[]).await
 }
 
 /// A gRPC message frame.

@@ -47,7 +47,7 @@ use crate::http::errors::ProxyError;
 use crate::outbound::{Outbound, OutboundBody};
 use crate::telemetry::Direction;
 use crate::telemetry::events::{AuthRefused, EdgeLimited};
-use crate::telemetry::labels::EdgeLimit;
+use crate::telemetry::labels::{AuthFailure, EdgeLimit};
 
 /// A gateway response's body.
 #[derive(Debug)]
@@ -123,43 +123,13 @@ impl Gateway {
         let web = web::Mode::of(req.headers());
         let Some(route) = state.document.route(&host, req.uri().path()) else {
             let error = ProxyError::NoRoute { host, path: req.uri().path().to_string() };
-            let mut response = self.refuse(error, grpc, req.uri().path(), web);
-            cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
-            return Either::Left(ready(response));
+            return Either::Left(ready(self.refuse(error, &req, web, &state, origin.as_ref())));
         };
         let limits = state.document.limits_of(route);
-        if let Err(error) = self.limit(&state, route, &limits, &req) {
-            let mut response = self.refuse(error, grpc, req.uri().path(), web);
-            cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
-            return Either::Left(ready(response));
-        }
-        // The subject header is the gateway's to set: never the outside caller's.
-        let subject = state.verifier.as_ref().map(|v| v.subject_header.clone());
-        if let Some(header) = &subject {
-            req.headers_mut().remove(header);
-        }
-        if route.auth == RouteAuth::Authenticated {
-            let verified = match &state.verifier {
-                Some(verifier) => verifier.verify(req.headers()),
-                None => Err(auth::Refusal {
-                    reason: crate::telemetry::labels::AuthFailure::Missing,
-                    detail: "no auth".into(),
-                }),
-            };
-            match (verified, &subject) {
-                (Ok(sub), Some(header)) => {
-                    req.headers_mut().insert(header.clone(), sub);
-                }
-                (Ok(_), None) => {}
-                (Err(refusal), _) => {
-                    let telemetry = &self.outbound.telemetry;
-                    AuthRefused { reason: refusal.reason, detail: &refusal.detail, route: &route.name }.emit(telemetry);
-                    let error = ProxyError::Unauthenticated { reason: refusal.reason.as_str(), detail: refusal.detail };
-                    let mut response = self.refuse(error, grpc, req.uri().path(), web);
-                    cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
-                    return Either::Left(ready(response));
-                }
-            }
+        let admitted =
+            self.limit(&state, route, &limits, &req).and_then(|()| self.authenticate(&state, route, &mut req));
+        if let Err(error) = admitted {
+            return Either::Left(ready(self.refuse(error, &req, web, &state, origin.as_ref())));
         }
         let service = match (&route.service, &route.files) {
             (Some(service), _) => service.clone(),
@@ -243,6 +213,36 @@ impl Gateway {
         Ok(())
     }
 
+    /// Removes the subject header from the outside request (it is the gateway's to set, on every
+    /// route), and on an authenticated route checks the token and sets the header to its subject.
+    fn authenticate(
+        &self,
+        state: &InForce,
+        route: &GatewayRoute,
+        req: &mut Request<Incoming>,
+    ) -> Result<(), ProxyError> {
+        if let Some(verifier) = &state.verifier {
+            req.headers_mut().remove(&verifier.subject_header);
+        }
+        if route.auth != RouteAuth::Authenticated {
+            return Ok(());
+        }
+        // A document with an authenticated route always has `auth` (checked when it is read).
+        let missing = || auth::Refusal { reason: AuthFailure::Missing, detail: "no auth section".into() };
+        let verified = state.verifier.as_ref().ok_or_else(missing).and_then(|v| Ok((v, v.verify(req.headers())?)));
+        match verified {
+            Ok((verifier, subject)) => {
+                req.headers_mut().insert(verifier.subject_header.clone(), subject);
+                Ok(())
+            }
+            Err(refusal) => {
+                let telemetry = &self.outbound.telemetry;
+                AuthRefused { reason: refusal.reason, detail: &refusal.detail, route: &route.name }.emit(telemetry);
+                Err(ProxyError::Unauthenticated { reason: refusal.reason.as_str(), detail: refusal.detail })
+            }
+        }
+    }
+
     /// The answer to a call whose body went over its cap on the way (the service's stream was
     /// reset; the call was recorded as the outbound path saw it).
     fn too_large(&self, route: &str, limit: u64, grpc: bool) -> Response<OutboundBody> {
@@ -251,14 +251,24 @@ impl Gateway {
         error.into_response(grpc)
     }
 
-    /// Answers a request the gateway refuses itself (no route, no valid token), recorded as a
-    /// failed call.
-    fn refuse(&self, error: ProxyError, grpc: bool, path: &str, web: Option<web::Mode>) -> Response<GatewayBody> {
+    /// Answers a request the gateway refuses itself (no route, a limit, no valid token), recorded
+    /// as a failed call, readable by an allowed origin's page.
+    fn refuse<B>(
+        &self,
+        error: ProxyError,
+        req: &Request<B>,
+        web: Option<web::Mode>,
+        state: &InForce,
+        origin: Option<&HeaderValue>,
+    ) -> Response<GatewayBody> {
         let telemetry = &self.outbound.telemetry;
-        let method = telemetry.method_label(path);
+        let method = telemetry.method_label(req.uri().path());
         let recorder = telemetry.start(Direction::Outbound, self.outbound.local.as_str(), "unknown", method);
         tracing::debug!(%error, "gateway: refused");
-        outward(error.respond(grpc, recorder), grpc, web)
+        let grpc = is_grpc(req);
+        let mut response = outward(error.respond(grpc, recorder), grpc, web);
+        cors::allow(state.document.cors.as_ref(), origin, response.headers_mut());
+        response
     }
 }
 
