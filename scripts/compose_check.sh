@@ -119,6 +119,16 @@ assert b"frontend-1" in hello and b"backend-" in hello, hello
 print("grpcio over TLS: Echo/Unary and Frontend/Hello (frontend -> backend -> store) through the gateway")
 PY
 rm -rf "$edge"
+# The visitors' calls, counted by route and logged one JSON line each.
+visits=$(q 'sum(mesh_gateway_requests_total{route="frontend",outcome="success"})')
+echo "gateway: $visits successful requests on route frontend"
+python3 -c "import sys; sys.exit(0 if float('$visits') > 0 else 1)" || fail "no successful requests counted on the gateway's frontend route"
+"${compose[@]}" logs --no-log-prefix gateway | python3 -c '
+import json, sys
+lines = [json.loads(l) for l in sys.stdin if l.startswith("{\"time\"")]
+assert any(l["route"] == "frontend" and l["grpc_status"] == "OK" and len(l["trace_id"]) == 32 for l in lines), lines[-3:]
+print(f"gateway access log: {len(lines)} JSON lines")
+' || fail "the gateway's access log has no line for a visitor's call"
 
 # A pod outlives its containers: kill one, bring it back with `up -d`, and the instance serves again.
 calls() { # 150 Hello calls from the traffic pod through its proxy, frontend -> backend x3 -> store

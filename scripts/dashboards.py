@@ -344,7 +344,36 @@ def collector():
     return b
 
 
-BOARDS = [overview, service, graph, security, proxies, registry, collector]
+def gateway():
+    b = Board("mesh-gateway", "Gateway",
+              "The ingress gateway: outside requests by route (failures, latency), TLS at the edge, refusals, certificates.")
+    req = "mesh_gateway_requests_total"
+    failed = f'{req}{{outcome="server_error"}}'
+    b.stat("Requests / s", f"sum(rate({req}{RATE}))", unit="reqps")
+    b.stat("Server errors", f"(sum(rate({failed}{RATE})) or vector(0)) / sum(rate({req}{RATE}))", unit="percentunit")
+    b.stat("p99 latency", f"histogram_quantile(0.99, sum by (le) (rate(mesh_gateway_request_duration_seconds_bucket{RATE})))",
+           unit="s")
+    b.stat("Soonest certificate expiry", "min(mesh_gateway_certificate_expiry_timestamp_seconds) - time()", unit="s")
+    b.timeseries("Requests by route", [(f"sum by (route) (rate({req}{RATE}))", "{{route}}")], w=8, unit="reqps")
+    b.timeseries("Server errors by route and status", [(f"sum by (route, code, grpc_status) (rate({failed}{RATE})) or vector(0)",
+                                                   "{{route}} {{code}} {{grpc_status}}")], w=8, unit="reqps")
+    b.timeseries("Requests by protocol", [(f"sum by (protocol) (rate({req}{RATE}))", "{{protocol}}")], w=8, unit="reqps")
+    b.timeseries("Latency by route", [
+        (f"histogram_quantile({q}, sum by (le, route) (rate(mesh_gateway_request_duration_seconds_bucket{RATE})))",
+         f"{{{{route}}}} p{int(q * 100)}") for q in (0.5, 0.99)], w=12, unit="s", links=[TRACE_LINK])
+    b.timeseries("TLS handshakes at the edge", [
+        (f'sum by (outcome, reason) (rate(mesh_tls_handshakes_total{{direction="gateway"}}{RATE}))', "{{outcome}} {{reason}}")],
+        w=12, unit="ops")
+    b.timeseries("Refused at the edge, by reason", [
+        (f"sum by (limit) (rate(mesh_gateway_limited_total{RATE})) or vector(0)", "limit {{limit}}"),
+        (f"sum by (reason) (rate(mesh_gateway_auth_refused_total{RATE})) or vector(0)", "token {{reason}}"),
+        (f'sum(rate({req}{{route="unrouted"}}{RATE})) or vector(0)', "no route")], w=12, unit="reqps")
+    b.timeseries("Certificate time left", [("min by (name) (mesh_gateway_certificate_expiry_timestamp_seconds) - time()",
+                                            "{{name}}")], w=12, unit="s")
+    return b
+
+
+BOARDS = [overview, service, graph, security, proxies, registry, collector, gateway]
 
 
 def render():

@@ -3,11 +3,12 @@
 //! `--count`, a check: that many calls, a summary of who answered, and a failure exit status if
 //! any call failed.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_proto::demo::v1::HelloRequest;
 use mesh_proto::demo::v1::frontend_client::FrontendClient;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
 
 /// Hello flags.
 #[derive(clap::Args, Debug)]
@@ -31,12 +32,21 @@ pub(crate) struct Args {
     /// Print only the summary of a `--count` run, not every reply.
     #[arg(long, default_value_t = false)]
     quiet: bool,
+    /// For an `https://` target (the ingress gateway): trust this CA certificate (PEM) instead
+    /// of none.
+    #[arg(long, env = "DEMO_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<(), String> {
     let mut endpoint = Endpoint::from(args.target.clone()).timeout(Duration::from_secs(5));
     if let Some(authority) = &args.authority {
         endpoint = endpoint.origin(format!("http://{authority}").parse().map_err(|e| format!("--authority: {e}"))?);
+    }
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
     }
     if let Some(count) = args.count {
         let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e}", args.target))?;

@@ -21,6 +21,8 @@ pub(crate) const MESH_ERROR_MESSAGE: HeaderName = HeaderName::from_static("mesh-
 pub(crate) const MESH_NOT_PROCESSED: HeaderName = HeaderName::from_static("mesh-not-processed");
 /// W3C trace context.
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C trace context: vendors' trace state, which goes with `traceparent`.
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// gRPC's status code (in trailers, or in headers for a trailers-only response).
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// gRPC's status message.

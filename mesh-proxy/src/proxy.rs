@@ -28,6 +28,7 @@ use crate::identity::{self, CertifyClient, IdentityState};
 use crate::inbound::app::AppProbe;
 use crate::inbound::{self, Inbound};
 use crate::outbound::{Outbound, PeerClient};
+use crate::telemetry::edge::AccessLog;
 use crate::telemetry::events::AppUnreachable;
 use crate::telemetry::export::{self, Flush};
 use crate::telemetry::runtime::task_monitor;
@@ -340,7 +341,8 @@ fn serve_gateway(
     drain: Duration,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
-    let gateway = Arc::new(Gateway { outbound, state: Default::default() });
+    let access_log = AccessLog::to_stdout(telemetry).map_err(|e| Error::Gateway(format!("access log: {e}")))?;
+    let gateway = Arc::new(Gateway { outbound, state: Default::default(), access_log });
     let certificates = Arc::new(Certificates::default());
     // Read again: the files may have changed since the config was checked.
     let loaded = reload::load(&settings.document).map_err(Error::Gateway)?;

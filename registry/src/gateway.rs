@@ -68,7 +68,23 @@ pub struct GatewayDocument {
     /// Every route's limits, unless a route sets its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Continue the trace of an outside request's `traceparent` (false: the gateway removes it
+    /// and starts a new trace, so outside callers cannot choose trace ids or force sampling).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trust_traceparent: bool,
+    /// Write one JSON line per outside request to standard output.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub access_log: bool,
 }
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The `route` label of requests no route takes (a route may not have this name).
+pub const UNROUTED: &str = "unrouted";
+/// The `route` label of CORS preflights, answered by the gateway (a route may not have this name).
+pub const PREFLIGHT: &str = "preflight";
 
 /// Limits on a route's requests. Each field absent from a route's `limits` is the document's, and
 /// absent from both, unlimited (but `max_request_bytes`: [`DEFAULT_MAX_REQUEST_BYTES`]).
@@ -339,6 +355,9 @@ impl GatewayDocument {
             if !names.insert(&*route.name) {
                 return Err(at("another route has this name".into()));
             }
+            if [UNROUTED, PREFLIGHT].contains(&&*route.name) {
+                return Err(at("the name is reserved for requests no route takes".into()));
+            }
             if route.auth == RouteAuth::Authenticated && self.auth.is_none() {
                 return Err(at("`auth: authenticated` needs the document's `auth` section".into()));
             }
@@ -402,12 +421,7 @@ impl GatewayRoute {
 
     /// Whether it takes a request for `host` (lowercase, no port) and `path`.
     pub fn fits(&self, host: &str, path: &str) -> bool {
-        let host_fits = self.hosts.is_empty()
-            || self.hosts.iter().any(|pattern| match pattern.strip_prefix("*.") {
-                Some(suffix) => host.strip_suffix(suffix).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-                None => pattern == host,
-            });
-        host_fits
+        self.host_pattern(host).is_some()
             && match (&self.grpc_service, &self.path_prefix) {
                 (Some(service), _) => path
                     .strip_prefix('/')
@@ -416,6 +430,19 @@ impl GatewayRoute {
                 (None, Some(prefix)) => path.starts_with(prefix.as_str()),
                 (None, None) => false,
             }
+    }
+
+    /// Which of the route's hosts takes `host`: the exact name or the `*.<suffix>` pattern as
+    /// written, `*` for a route that takes any host (the `host` label of the gateway's metrics:
+    /// one of the document's, whatever outside clients send).
+    pub fn host_pattern(&self, host: &str) -> Option<&str> {
+        if self.hosts.is_empty() {
+            return Some("*");
+        }
+        self.hosts.iter().map(String::as_str).find(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => host.strip_suffix(suffix).is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => *pattern == host,
+        })
     }
 }
 
@@ -491,6 +518,24 @@ routes:
             .unwrap_or_else(|| unreachable!());
         assert!(cors.allows("http://localhost:8080") && !cors.allows("http://evil.test"));
         assert_eq!(cors.max_age_s, 600);
+    }
+
+    #[test]
+    fn the_host_label_is_the_documents_pattern_not_the_callers_name() {
+        let doc = doc();
+        let pattern = |host, path| doc.route(host, path).and_then(|r| r.host_pattern(host)).map(str::to_string);
+        assert_eq!(pattern("x.example.com", "/api/users").as_deref(), Some("*.example.com"));
+        assert_eq!(pattern("beta.example.com", "/mesh.demo.v1.Echo/Unary").as_deref(), Some("beta.example.com"));
+        assert_eq!(pattern("anything.test", "/mesh.demo.v1.Echo/Unary").as_deref(), Some("*"));
+        assert!(!doc.trust_traceparent && !doc.access_log, "both off unless set");
+        let on =
+            GatewayDocument::parse(b"trust_traceparent: true\naccess_log: true\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(on.trust_traceparent && on.access_log);
+        for reserved in [UNROUTED, PREFLIGHT] {
+            let text = format!("routes: [{{ name: {reserved}, path_prefix: /, service: e }}]");
+            let error = GatewayDocument::parse(text.as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains("reserved"), "{reserved}: {error}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -23,6 +24,7 @@ impl Proc {
     pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
+        let out = dir.path().join("stdout.log");
         let mut cmd = Command::new(crate::bin(bin));
         for (k, _) in std::env::vars() {
             if k.starts_with("MESH_") || k.starts_with("DEMO_") {
@@ -34,11 +36,11 @@ impl Proc {
             .envs(env.iter().copied())
             .env("MESH_LOG", "info,mesh_registry=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { name: bin.to_string(), child, log, _dir: dir }
+        Self { name: bin.to_string(), child, log, out, _dir: dir }
     }
 
     /// The process id.
@@ -49,6 +51,11 @@ impl Proc {
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What it has written to standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
     /// Sends `signal`.

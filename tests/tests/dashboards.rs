@@ -1,7 +1,8 @@
 //! The dashboards and alert rules, checked without Grafana (which cannot be installed here):
 //! every dashboard validates against Grafana 13's dashboard schema, is what its generator makes,
 //! uses only provisioned data sources and unique panel ids; the Prometheus config and rules pass
-//! `promtool`; and on a real mesh (mTLS, three services, traffic) scraped by a real Prometheus,
+//! `promtool`; and on a real mesh (mTLS, three services, traffic, an ingress gateway called over
+//! TLS) scraped by a real Prometheus,
 //! every panel query returns data and every alert rule evaluates without error.
 
 #![allow(clippy::unwrap_used)]
@@ -11,12 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use mesh_proto::demo::v1::echo_client::EchoClient;
 use mesh_tests::ca::{ControlPlane, as_env};
 use mesh_tests::etcd::Etcd;
+use mesh_tests::gateway::{DevCa, Gateway};
 use mesh_tests::load::{Load, assert_no_failures};
 use mesh_tests::mesh::{apply_policy, client_sidecar_with};
 use mesh_tests::telemetry::{Collector, Prometheus, chained_echo, exporting};
 use serde_json::Value;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -62,7 +66,7 @@ fn dashboards_and_rules_are_valid_and_consistent() {
     let validate = "import json,sys,jsonschema; s=json.load(open(sys.argv[1])); \
         [jsonschema.Draft7Validator(s).validate(json.load(open(f))) for f in sys.argv[2:]]";
     let files: Vec<String> = dashboards().iter().map(|(n, _)| format!("grafana/dashboards/{n}")).collect();
-    assert_eq!(files.len(), 7, "overview, service, graph, security, proxies, registry, collector");
+    assert_eq!(files.len(), 8, "overview, service, graph, security, proxies, registry, collector, gateway");
     let mut args = vec!["-c", validate, "grafana/schema/dashboard.schema.json"];
     args.extend(files.iter().map(String::as_str));
     let (ok, out) = run("python3", &args);
@@ -106,7 +110,7 @@ fn dashboards_and_rules_are_valid_and_consistent() {
     let (ok, out) = run("promtool", &["check", "config", "prometheus/prometheus.yml"]);
     assert!(ok, "{out}");
     let (ok, out) = run("promtool", &["check", "rules", "prometheus/alerts.yml"]);
-    assert!(ok && out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 13 rules found"), "{out}");
     let queries: usize =
         dashboards().iter().flat_map(|(_, d)| panels(d)).map(|p| p["targets"].as_array().map_or(0, Vec::len)).sum();
     assert!(queries > 60, "{queries} panel queries");
@@ -137,6 +141,17 @@ async fn every_panel_query_and_alert_rule_works_on_a_real_mesh() {
     apply_policy(&etcd, "b", r#"{"version":"v1","routes":[{"name":"all"}]}"#);
     let (_client_app, client) = client_sidecar_with(&etcd.endpoint(), &as_env(&env_for("client"))).await;
     let load = Load::start(client.echo_client("a").await, 2, Duration::from_millis(20));
+    // The ingress gateway in front of a, called over TLS: the Gateway dashboard's data.
+    let ca = DevCa::new();
+    ca.sign("edge", &["localhost"]);
+    let document = format!(
+        "certificates:\n{}routes:\n  - {{ name: echo, grpc_service: mesh.demo.v1.Echo, service: a }}\n",
+        ca.entry("edge")
+    );
+    let gateway = Gateway::start(&etcd.endpoint(), ca.dir.path(), &document, &as_env(&env_for("api-gateway"))).await;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.ca_pem)).domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", gateway.tls)).unwrap().tls_config(tls).unwrap();
+    let edge = Load::start(EchoClient::new(channel.connect().await.unwrap()), 1, Duration::from_millis(50));
 
     // The same check compose gets (scripts/compose_queries.py): every panel query returns data,
     // every rule in alerts.yml is loaded and healthy, a trace crosses the services.
@@ -162,4 +177,5 @@ async fn every_panel_query_and_alert_rule_works_on_a_real_mesh() {
     assert!(ok, "{out}");
     eprintln!("{out}");
     assert_no_failures(&load.stop().await);
+    assert_no_failures(&edge.stop().await);
 }

@@ -110,7 +110,7 @@ async fn tokens_are_checked_the_subject_reaches_the_app_and_refusals_say_why() {
     let jwks = ca.dir.path().join("jwks.json");
     std::fs::write(&jwks, issuer.jwks()).unwrap();
     let document = format!(
-        "auth: {{ jwks_file: {}, issuer: \"{ISSUER}\", audiences: [{AUDIENCE}] }}\nroutes:\n\
+        "access_log: true\nauth: {{ jwks_file: {}, issuer: \"{ISSUER}\", audiences: [{AUDIENCE}] }}\nroutes:\n\
          \x20 - {{ name: secure, hosts: [secure.test], grpc_service: mesh.demo.v1.Echo, service: echo, auth: authenticated }}\n\
          \x20 - {{ name: open, grpc_service: mesh.demo.v1.Echo, service: echo }}\n",
         jwks.display()
@@ -121,8 +121,10 @@ async fn tokens_are_checked_the_subject_reaches_the_app_and_refusals_say_why() {
     let bearer = |token: String| ("authorization", format!("Bearer {token}"));
 
     // Valid tokens of both algorithms pass, and the app sees the subject, not what was sent.
+    let mut sent = Vec::new();
     for (algorithm, sub) in [(Algorithm::RS256, "user-rsa"), (Algorithm::ES256, "user-ec")] {
         let token = issuer.token(algorithm, claims(sub));
+        sent.push(token.clone());
         let seen = call(&mut secure, &[bearer(token), ("x-mesh-subject", "admin".into())]).await.unwrap();
         assert_eq!(seen["x-mesh-subject"], sub, "{algorithm:?}: {seen}");
     }
@@ -184,6 +186,24 @@ async fn tokens_are_checked_the_subject_reaches_the_app_and_refusals_say_why() {
     tcp.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
     assert!(raw.contains("no bearer token"), "{raw}");
+
+    // The access log names the verified subject and never holds a token, not even a refused one.
+    let log = mesh_tests::eventually("11 access log lines", std::time::Duration::from_secs(5), || async {
+        let out = gateway.proxy.proc.stdout();
+        (out.lines().count() == 11).then_some(out)
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let subjects: Vec<&str> = lines.iter().filter_map(|l| l["subject"].as_str()).collect();
+    assert_eq!(subjects, ["user-rsa", "user-ec"], "{log}");
+    let refused = lines.iter().filter(|l| l["mesh_error"] == "unauthenticated").count();
+    assert_eq!(refused, 8, "7 gRPC refusals and the HTTP/1.1 one: {log}");
+    sent.extend(cases.iter().flat_map(|(_, headers, _, _)| headers.iter().map(|(_, v)| v.replace("Bearer ", ""))));
+    for token in &sent {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(signature.is_empty() || !log.contains(signature), "a token in the access log: {log}");
+        assert!(!log.contains(token.as_str()), "a token in the access log: {log}");
+    }
 }
 
 /// Past the edge, the gateway is a caller like any other: the service's authorization policy

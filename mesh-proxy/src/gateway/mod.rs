@@ -11,6 +11,10 @@
 //!        <- the response made gRPC-Web again, CORS headers for an allowed origin
 //! ```
 //!
+//! Every request is recorded once its response ends (`telemetry::edge`): by route and host,
+//! under the gateway's span (the root of the trace: an outside `traceparent` is removed unless
+//! the document trusts it), and as a JSON access log line if the document asks for one.
+//!
 //! The gateway is a proxy with no app of its own (`--gateway FILE`): it is a mesh member with its
 //! identity, so every call it makes is a caller's call, subject to the destination's policy and
 //! authorization. `reload.rs` follows the document and the certificate files.
@@ -37,21 +41,25 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use mesh_registry::gateway::{GatewayDocument, GatewayRoute, Limits, RouteAuth};
+use mesh_registry::gateway::{GatewayDocument, GatewayRoute, Limits, PREFLIGHT, RouteAuth};
 use parking_lot::RwLock;
 
 use crate::endpoint::transport::PeerInfo;
-use crate::headers::{GRPC_TIMEOUT, MESH_ERROR, MESH_ERROR_MESSAGE, encode_grpc_timeout, grpc_timeout, is_grpc};
+use crate::headers::{
+    GRPC_TIMEOUT, MESH_ERROR, MESH_ERROR_MESSAGE, TRACEPARENT, TRACESTATE, encode_grpc_timeout, grpc_timeout, is_grpc,
+};
 use crate::http::body::{EdgeBody, Source};
 use crate::http::errors::ProxyError;
 use crate::outbound::{Outbound, OutboundBody};
 use crate::telemetry::Direction;
+use crate::telemetry::edge::{AccessLog, EdgeCall, EdgeRequest};
 use crate::telemetry::events::{AuthRefused, EdgeLimited};
-use crate::telemetry::labels::{AuthFailure, EdgeLimit};
+use crate::telemetry::labels::{AuthFailure, EdgeLimit, EdgeProtocol};
+use crate::telemetry::trace::{self, SpanKind};
 
-/// A gateway response's body.
+/// What a gateway response's body is made of.
 #[derive(Debug)]
-pub(crate) enum GatewayBody {
+pub(crate) enum Reply {
     /// The service's (or the outbound path's error), streamed as is.
     Mesh(OutboundBody),
     /// The service's, as gRPC-Web.
@@ -60,7 +68,7 @@ pub(crate) enum GatewayBody {
     Text(Full<Bytes>),
 }
 
-impl Body for GatewayBody {
+impl Body for Reply {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -89,12 +97,66 @@ impl Body for GatewayBody {
     }
 }
 
+/// A gateway response's body: its reply, and the outside request's telemetry, recorded when
+/// the body ends or is dropped.
+#[derive(Debug)]
+pub(crate) struct GatewayBody {
+    reply: Reply,
+    call: Option<EdgeCall>,
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.reply).poll_frame(cx);
+        if let (Some(call), Poll::Ready(frame)) = (&mut this.call, &polled) {
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        call.data(data.len());
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        call.trailers(trailers);
+                    }
+                    if let Some(trailers) = match &mut this.reply {
+                        Reply::Web(web) => web.take_trailers(),
+                        _ => None,
+                    } {
+                        call.trailers(&trailers);
+                    }
+                }
+                Some(Err(_)) => call.broken(),
+                None => call.ended(),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reply.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.reply.size_hint()
+    }
+}
+
+/// The response to an outside request, carrying its telemetry to the end of its body.
+fn recorded(response: Response<Reply>, mut call: EdgeCall) -> Response<GatewayBody> {
+    call.respond(response.status(), response.headers(), response.body().is_end_stream());
+    response.map(|reply| GatewayBody { reply, call: Some(call) })
+}
+
 /// The gateway's side of the proxy.
 #[derive(Debug)]
 pub(crate) struct Gateway {
     pub(crate) outbound: Arc<Outbound>,
     /// The document in force, and its token verifier.
     pub(crate) state: RwLock<Arc<InForce>>,
+    /// Where access log lines go when the document asks for them.
+    pub(crate) access_log: Arc<AccessLog>,
 }
 
 /// What the gateway's document puts in force for requests (its certificates are in `certs.rs`).
@@ -115,21 +177,27 @@ impl Gateway {
         let grpc = is_grpc(&req);
         let host = host(&req);
         let state = self.state.read().clone();
+        let web = web::Mode::of(req.headers());
+        let mut call = self.arrive(&state, &mut req, &host, grpc, web);
         if cors::is_preflight(&req) {
+            call.routed(&Arc::from(PREFLIGHT), "*");
             let response = cors::preflight(state.document.cors.as_ref(), req.headers());
-            return Either::Left(ready(response.map(GatewayBody::Text)));
+            return Either::Left(ready(recorded(response.map(Reply::Text), call)));
         }
         let origin = req.headers().get(http::header::ORIGIN).cloned();
-        let web = web::Mode::of(req.headers());
         let Some(route) = state.document.route(&host, req.uri().path()) else {
             let error = ProxyError::NoRoute { host, path: req.uri().path().to_string() };
-            return Either::Left(ready(self.refuse(error, &req, web, &state, origin.as_ref())));
+            return Either::Left(ready(recorded(self.refuse(error, &req, web, &state, origin.as_ref()), call)));
         };
+        call.routed(&route.name, route.host_pattern(&host).unwrap_or("*"));
         let limits = state.document.limits_of(route);
         let admitted =
             self.limit(&state, route, &limits, &req).and_then(|()| self.authenticate(&state, route, &mut req));
-        if let Err(error) = admitted {
-            return Either::Left(ready(self.refuse(error, &req, web, &state, origin.as_ref())));
+        match admitted {
+            Ok(subject) => subject.iter().for_each(|subject| call.subject(subject)),
+            Err(error) => {
+                return Either::Left(ready(recorded(self.refuse(error, &req, web, &state, origin.as_ref()), call)));
+            }
         }
         let service = match (&route.service, &route.files) {
             (Some(service), _) => service.clone(),
@@ -138,13 +206,14 @@ impl Gateway {
                 let rest = req.uri().path().strip_prefix(prefix).unwrap_or_default().to_string();
                 let dir = dir.clone().unwrap_or_default();
                 let page = files::serve(dir, rest, req.method().clone()).map(move |response| {
-                    let mut response = response.map(GatewayBody::Text);
+                    let mut response = response.map(Reply::Text);
                     cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
-                    response
+                    recorded(response, call)
                 });
                 return Either::Right(Either::Right(page));
             }
         };
+        call.service(service.as_str());
         if let Some(ms) = limits.timeout_ms {
             // The route's timeout is the call's deadline, unless the caller's is sooner.
             let timeout = Duration::from_millis(ms);
@@ -170,15 +239,56 @@ impl Gateway {
         let (limit, over) = (limits.max_request_bytes(), Arc::new(AtomicBool::new(false)));
         let body = EdgeBody::new(body, web == Some(web::Mode::Text), limit, over.clone());
         let req = Request::from_parts(parts, Source::Edge(Box::new(body)));
-        let call = self.outbound.forward(Ok(service), route.subset.clone(), req);
+        let forwarded = self.outbound.forward(Ok(service), route.subset.clone(), req);
         let (this, name) = (self.clone(), route.name.clone());
-        Either::Right(Either::Left(call.map(move |response| {
+        Either::Right(Either::Left(forwarded.map(move |response| {
             // A body cut off at its cap failed the call: say why, whatever the service said.
             let response = if over.load(Ordering::Relaxed) { this.too_large(&name, limit, grpc) } else { response };
             let mut response = outward(response, grpc, web);
             cors::allow(state.document.cors.as_ref(), origin.as_ref(), response.headers_mut());
-            response
+            recorded(response, call)
         })))
+    }
+
+    /// Starts recording an outside request: its protocol, its place in a trace (a new trace
+    /// unless the document trusts the caller's `traceparent`), its access log line.
+    fn arrive(
+        &self,
+        state: &InForce,
+        req: &mut Request<Incoming>,
+        host: &str,
+        grpc: bool,
+        web: Option<web::Mode>,
+    ) -> EdgeCall {
+        let protocol = match (web, grpc) {
+            (Some(_), _) => EdgeProtocol::GrpcWeb,
+            (None, true) => EdgeProtocol::Grpc,
+            (None, false) => EdgeProtocol::Http,
+        };
+        let headers = req.headers_mut();
+        if !state.document.trust_traceparent {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
+        }
+        let (span, trace_id) = match &self.outbound.tracer {
+            Some(tracer) => {
+                let span = tracer.start(SpanKind::Server, headers);
+                let trace_id = span.context.trace_id;
+                (Some(span), trace_id)
+            }
+            // Not exporting spans: the request still gets a trace id, for its log line and the apps'.
+            None => (None, trace::step(headers, 0.0).0.trace_id),
+        };
+        let request = EdgeRequest {
+            protocol,
+            method: req.method(),
+            host,
+            path: req.uri().path(),
+            headers: req.headers(),
+            client: req.extensions().get::<PeerInfo>().map(|peer| peer.addr),
+        };
+        let log = state.document.access_log.then_some(&self.access_log);
+        EdgeCall::start(&self.outbound.telemetry, &request, span, trace_id, log)
     }
 
     /// Checks a request against its route's rate limits and, by its declared length, size cap.
@@ -214,26 +324,27 @@ impl Gateway {
     }
 
     /// Removes the subject header from the outside request (it is the gateway's to set, on every
-    /// route), and on an authenticated route checks the token and sets the header to its subject.
+    /// route), and on an authenticated route checks the token and sets the header to its subject
+    /// (which it returns).
     fn authenticate(
         &self,
         state: &InForce,
         route: &GatewayRoute,
         req: &mut Request<Incoming>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<HeaderValue>, ProxyError> {
         if let Some(verifier) = &state.verifier {
             req.headers_mut().remove(&verifier.subject_header);
         }
         if route.auth != RouteAuth::Authenticated {
-            return Ok(());
+            return Ok(None);
         }
         // A document with an authenticated route always has `auth` (checked when it is read).
         let missing = || auth::Refusal { reason: AuthFailure::Missing, detail: "no auth section".into() };
         let verified = state.verifier.as_ref().ok_or_else(missing).and_then(|v| Ok((v, v.verify(req.headers())?)));
         match verified {
             Ok((verifier, subject)) => {
-                req.headers_mut().insert(verifier.subject_header.clone(), subject);
-                Ok(())
+                req.headers_mut().insert(verifier.subject_header.clone(), subject.clone());
+                Ok(Some(subject))
             }
             Err(refusal) => {
                 let telemetry = &self.outbound.telemetry;
@@ -260,7 +371,7 @@ impl Gateway {
         web: Option<web::Mode>,
         state: &InForce,
         origin: Option<&HeaderValue>,
-    ) -> Response<GatewayBody> {
+    ) -> Response<Reply> {
         let telemetry = &self.outbound.telemetry;
         let method = telemetry.method_label(req.uri().path());
         let recorder = telemetry.start(Direction::Outbound, self.outbound.local.as_str(), "unknown", method);
@@ -286,16 +397,16 @@ fn host<B>(req: &Request<B>) -> String {
 
 /// A response on its way out: as gRPC-Web to a gRPC-Web caller, else as it is (with a text body
 /// for an HTTP error of the proxy's).
-fn outward(response: Response<OutboundBody>, grpc: bool, web: Option<web::Mode>) -> Response<GatewayBody> {
+fn outward(response: Response<OutboundBody>, grpc: bool, web: Option<web::Mode>) -> Response<Reply> {
     match web {
-        Some(mode) => web::response(response, mode).map(GatewayBody::Web),
+        Some(mode) => web::response(response, mode).map(Reply::Web),
         None => with_text_body(response, grpc),
     }
 }
 
 /// An HTTP error the proxy wrote (it has no body: the message is in `mesh-error-message`) gets
 /// the message as its body, for people and tools that show bodies; everything else streams as is.
-fn with_text_body(response: Response<OutboundBody>, grpc: bool) -> Response<GatewayBody> {
+fn with_text_body(response: Response<OutboundBody>, grpc: bool) -> Response<Reply> {
     let proxy_made = !grpc && response.headers().contains_key(MESH_ERROR);
     let message = response.headers().get(MESH_ERROR_MESSAGE).map(|m| m.as_bytes().to_vec());
     match message {
@@ -303,9 +414,9 @@ fn with_text_body(response: Response<OutboundBody>, grpc: bool) -> Response<Gate
             text.push(b'\n');
             let (mut parts, _) = response.into_parts();
             parts.headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            Response::from_parts(parts, GatewayBody::Text(Full::new(Bytes::from(text))))
+            Response::from_parts(parts, Reply::Text(Full::new(Bytes::from(text))))
         }
-        _ => response.map(GatewayBody::Mesh),
+        _ => response.map(Reply::Mesh),
     }
 }
 
@@ -333,12 +444,12 @@ mod tests {
         let error = ProxyError::NoRoute { host: "a.test".into(), path: "/nope".into() };
         let response = with_text_body(error.clone().into_response(false), false);
         assert_eq!(response.status(), http::StatusCode::NOT_FOUND);
-        let GatewayBody::Text(body) = response.into_body() else { panic!("no text body") };
+        let Reply::Text(body) = response.into_body() else { panic!("no text body") };
         let text = http_body_util::BodyExt::collect(body).await.unwrap_or_else(|e| match e {}).to_bytes();
         assert_eq!(text, format!("{error}\n").as_bytes());
 
         let grpc = with_text_body(error.into_response(true), true);
         assert_eq!(grpc.headers()["grpc-status"], "12");
-        assert!(matches!(grpc.into_body(), GatewayBody::Mesh(_)), "gRPC errors stay trailers-only");
+        assert!(matches!(grpc.into_body(), Reply::Mesh(_)), "gRPC errors stay trailers-only");
     }
 }

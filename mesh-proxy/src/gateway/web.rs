@@ -67,7 +67,7 @@ pub(crate) fn response(response: Response<OutboundBody>, mode: Mode) -> Response
         parts.headers.insert(CONTENT_TYPE, mode.content_type());
     }
     parts.headers.remove(CONTENT_LENGTH);
-    Response::from_parts(parts, WebBody { inner: body, mode, ended: false })
+    Response::from_parts(parts, WebBody { inner: body, mode, ended: false, trailers: None })
 }
 
 /// A gRPC response body as gRPC-Web: data frames as they come (base64 in text mode), trailers
@@ -77,9 +77,16 @@ pub(crate) struct WebBody {
     inner: OutboundBody,
     mode: Mode,
     ended: bool,
+    /// The service's trailers, once sent as the last frame (for the gateway's telemetry).
+    trailers: Option<HeaderMap>,
 }
 
 impl WebBody {
+    /// The service's trailers, once the frame that carries them has gone out.
+    pub(crate) fn take_trailers(&mut self) -> Option<HeaderMap> {
+        self.trailers.take()
+    }
+
     fn encode(&self, bytes: Bytes) -> Bytes {
         match self.mode {
             Mode::Binary => bytes,
@@ -125,7 +132,9 @@ impl Body for WebBody {
             Err(frame) => match frame.into_trailers() {
                 Ok(trailers) => {
                     self.ended = true;
-                    trailer_frame(&trailers)
+                    let frame = trailer_frame(&trailers);
+                    self.trailers = Some(trailers);
+                    frame
                 }
                 Err(_) => return Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
             },

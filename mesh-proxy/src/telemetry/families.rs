@@ -50,6 +50,8 @@ pub(super) struct Families {
     pub(super) authz_decisions: IntCounterVec,
     pub(super) identity_expiry: IntGauge,
     pub(super) identity_renewals: IntCounterVec,
+    pub(super) gateway_requests: IntCounterVec,
+    pub(super) gateway_duration: HistogramVec,
     pub(super) gateway_reloads: IntCounterVec,
     pub(super) gateway_auth_refused: IntCounterVec,
     pub(super) gateway_limited: IntCounterVec,
@@ -188,6 +190,17 @@ impl Families {
                 "mesh_identity_renewals_total",
                 "Certificate requests to the control plane by outcome.",
                 &["outcome"],
+            )?,
+            gateway_requests: d.counter_vec(
+                "mesh_gateway_requests_total",
+                "Outside requests at the gateway, by route, the route's host pattern, protocol, HTTP code, gRPC status and outcome.",
+                &["route", "host", "protocol", "code", "grpc_status", "outcome"],
+            )?,
+            gateway_duration: d.histogram_vec(
+                "mesh_gateway_request_duration_seconds",
+                "Outside requests' latency at the gateway, to the end of the response, by route, host pattern and protocol.",
+                &["route", "host", "protocol"],
+                LATENCY_BUCKETS.to_vec(),
             )?,
             gateway_reloads: d.counter_vec(
                 "mesh_gateway_reloads_total",

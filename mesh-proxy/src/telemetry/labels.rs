@@ -45,6 +45,51 @@ label! {
 }
 
 label! {
+    /// What an outside request at the gateway spoke (`mesh_gateway_requests_total{protocol}`).
+    EdgeProtocol {
+        /// gRPC (HTTP/2, `application/grpc`).
+        Grpc => "grpc",
+        /// gRPC-Web, binary or text (a browser's `fetch`).
+        GrpcWeb => "grpc_web",
+        /// Anything else: HTTP/1.1 or HTTP/2.
+        Http => "http",
+    }
+}
+
+label! {
+    /// How an outside request ended (`mesh_gateway_requests_total{outcome}`), as HTTP classes
+    /// them: gRPC's server-side statuses (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
+    /// DATA_LOSS, a reset stream) are server errors like a 5xx, its other failures (a refused
+    /// token, a rate limit, no route, a caller that went away ...) client errors like a 4xx.
+    EdgeOutcome {
+        /// OK, or an HTTP status below 400.
+        Success => "success",
+        /// The caller's request or its going away.
+        ClientError => "client_error",
+        /// The gateway's or the mesh's failure: what an error-rate alert counts.
+        ServerError => "server_error",
+    }
+}
+
+impl EdgeOutcome {
+    /// The outcome of a request answered with HTTP `code` and gRPC status label `grpc_status`.
+    pub(crate) fn of(code: Option<http::StatusCode>, grpc_status: &str) -> Self {
+        match grpc_status {
+            "OK" => Self::Success,
+            STATUS_NONE => match code {
+                Some(code) if code.is_server_error() => Self::ServerError,
+                Some(code) if code.as_u16() < 400 => Self::Success,
+                _ => Self::ClientError,
+            },
+            "UNKNOWN" | "DEADLINE_EXCEEDED" | "INTERNAL" | "UNAVAILABLE" | "DATA_LOSS" | STATUS_RESET => {
+                Self::ServerError
+            }
+            _ => Self::ClientError,
+        }
+    }
+}
+
+label! {
     /// Which limit of a gateway route refused a request (`mesh_gateway_limited_total{limit}`).
     EdgeLimit {
         /// The client address's token bucket was empty.
@@ -175,13 +220,15 @@ label! {
         Spans => "spans",
         /// Metric data points.
         Metrics => "metrics",
+        /// The gateway's access log lines.
+        AccessLog => "access_log",
     }
 }
 
 label! {
     /// Why telemetry was dropped instead of slowing traffic.
     DropReason {
-        /// The span queue was full.
+        /// The span queue (or the access log's) was full.
         QueueFull => "queue_full",
         /// The collector did not take the export.
         ExportFailed => "export_failed",

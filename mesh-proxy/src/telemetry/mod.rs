@@ -5,9 +5,11 @@
 //! - [`events`]: each thing worth knowing is one type whose `emit` both logs it and counts it,
 //!   with label values from the closed vocabularies in [`labels`];
 //! - [`Recorder`] (`recorder`): one call's golden signals and span, recorded once when it ends;
+//! - [`edge`]: one outside request at the gateway (by route and host), and its access log;
 //! - [`trace`]: W3C trace context and one span per hop; [`export`]: OTLP to the collector,
 //!   bounded, never blocking traffic; [`runtime`]: tokio runtime and task metrics.
 
+pub(crate) mod edge;
 pub(crate) mod events;
 pub(crate) mod export;
 mod families;

@@ -167,20 +167,11 @@ impl Tracer {
     /// Opens this hop's span under the request's trace context (or starts a trace) and points the
     /// request's `traceparent` at it.
     pub(crate) fn start(self: &Arc<Self>, kind: SpanKind, headers: &mut HeaderMap) -> ActiveSpan {
-        let parent = headers.get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
-        let context = match parent {
-            Some(parent) => TraceContext { span_id: random_span_id(), ..parent },
-            None => TraceContext {
-                trace_id: random_trace_id(),
-                span_id: random_span_id(),
-                sampled: fastrand::f64() < self.settings.sampling,
-            },
-        };
-        headers.insert(TRACEPARENT, context.header_value());
+        let (context, parent) = step(headers, self.settings.sampling);
         ActiveSpan {
             tracer: self.clone(),
             context,
-            parent: parent.map(|p| p.span_id),
+            parent,
             kind,
             start: SystemTime::now(),
             peer_addr: None,
@@ -204,6 +195,21 @@ impl Tracer {
             self.queue_full.inc();
         }
     }
+}
+
+/// Moves a request one step down its trace: a new position under the request's `traceparent`
+/// (or at the root of a new trace, sampled at `sampling`), written back to `traceparent`.
+/// Returns the position and its parent's span id.
+pub(crate) fn step(headers: &mut HeaderMap, sampling: f64) -> (TraceContext, Option<[u8; 8]>) {
+    let parent = headers.get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()));
+    let context = match parent {
+        Some(parent) => TraceContext { span_id: random_span_id(), ..parent },
+        None => {
+            TraceContext { trace_id: random_trace_id(), span_id: random_span_id(), sampled: fastrand::f64() < sampling }
+        }
+    };
+    headers.insert(TRACEPARENT, context.header_value());
+    (context, parent.map(|p| p.span_id))
 }
 
 /// A hop's span while its request runs.
