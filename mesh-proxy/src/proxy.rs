@@ -201,7 +201,11 @@ impl Proxy {
         let gateway_servers = match &config.gateway {
             Some(settings) => {
                 let edge = (listeners.gateway_tls, listeners.gateway_plain);
-                serve_gateway(settings, edge, outbound.clone(), &telemetry, config.drain_timeout, &stop_rx)?
+                let routes = reload::EtcdRoutes {
+                    values: mesh_registry::watch_prefix::watch_prefix(etcd.clone(), config.layout.gateways()),
+                    key: config.layout.gateway(&config.service),
+                };
+                serve_gateway(settings, edge, outbound.clone(), routes, &telemetry, config.drain_timeout, &stop_rx)?
             }
             None => Vec::new(),
         };
@@ -337,6 +341,7 @@ fn serve_gateway(
     settings: &GatewayConfig,
     (tls, plain): (Option<TcpListener>, Option<TcpListener>),
     outbound: Arc<Outbound>,
+    routes: reload::EtcdRoutes,
     telemetry: &Arc<Telemetry>,
     drain: Duration,
     stop: &watch::Receiver<bool>,
@@ -353,6 +358,7 @@ fn serve_gateway(
         gateway.clone(),
         certificates.clone(),
         telemetry.clone(),
+        Some(routes),
     ));
     let handshake = settings.limits.handshake_timeout;
     let edges = [

@@ -11,6 +11,7 @@ use mesh_registry::cli::EtcdArgs;
 mod apply;
 mod check;
 mod endpoints;
+mod gateway;
 mod identity;
 mod output;
 mod policy;
@@ -71,6 +72,9 @@ enum Command {
     /// Validate, apply and inspect authorization policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Validate, apply and inspect the routes an ingress gateway service takes from etcd.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// Check a service policy file (timeouts, retries, subsets, routes) without applying it.
     /// Needs no etcd.
     Validate {
@@ -155,6 +159,8 @@ enum Error {
     Identity(#[from] identity::IdentityCmdError),
     #[error("{0}")]
     Probe(#[from] probe::ProbeError),
+    #[error("{0}")]
+    Gateway(#[from] gateway::GatewayCmdError),
 }
 
 async fn show_identity(admin: &str, warn_within: std::time::Duration, format: Format) -> Result<(), Error> {
@@ -205,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match &cli.command {
         Command::Probe { target, timeout } => return Ok(probe::run(target, *timeout).await?),
         Command::Validate { file } => return Ok(apply::validate(file)?),
+        Command::Gateway(command) if !command.needs_etcd() => return Ok(gateway::validate(command)?),
         _ => {}
     }
     let config = cli.etcd.config();
@@ -223,6 +230,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Identity { admin, warn_within } => show_identity(&admin, warn_within, cli.output).await,
         Command::Token(command) => Ok(token::run(&mut client, layout, command, cli.output).await?),
         Command::Policy(command) => Ok(policy::run(&mut client, layout, command, cli.output).await?),
+        Command::Gateway(command) => Ok(gateway::run(&mut client, layout, command, cli.output).await?),
         Command::Apply { service, file, allow_empty_subsets } => {
             Ok(apply::apply(&mut client, layout, &service, &file, &by, allow_empty_subsets).await?)
         }

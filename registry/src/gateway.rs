@@ -26,6 +26,11 @@
 //!
 //! YAML (or JSON, which is YAML). A document that does not parse says the line and column; one that
 //! parses but cannot be used names the entry and what is wrong. Nothing of a bad document is used.
+//!
+//! Routes can also live in etcd, at `<prefix>/v1/gateways/<gateway service>` (`meshctl gateway
+//! apply`): a document of `routes:` only, which every gateway of that service puts after the routes
+//! of its file. Everything else (certificates, token keys, CORS, limits) names the gateway's own
+//! files or is its own, so it stays in the file.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -34,6 +39,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::ServiceName;
+use crate::layout::Layout;
 use crate::routes::Selector;
 
 /// The largest document read.
@@ -324,15 +330,25 @@ pub struct GatewayError(pub String);
 impl GatewayDocument {
     /// Parses (YAML or JSON) and checks a document.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
-        if bytes.len() > MAX_GATEWAY_BYTES {
-            return Err(GatewayError(format!("{} bytes, over the {MAX_GATEWAY_BYTES}-byte limit", bytes.len())));
-        }
-        let document: Self = serde_norway::from_slice(bytes).map_err(|e| GatewayError(e.to_string()))?;
+        let document = Self::read(bytes)?;
         document.validate()?;
         Ok(document)
     }
 
+    /// Parses without checking.
+    fn read(bytes: &[u8]) -> Result<Self, GatewayError> {
+        if bytes.len() > MAX_GATEWAY_BYTES {
+            return Err(GatewayError(format!("{} bytes, over the {MAX_GATEWAY_BYTES}-byte limit", bytes.len())));
+        }
+        serde_norway::from_slice(bytes).map_err(|e| GatewayError(e.to_string()))
+    }
+
     fn validate(&self) -> Result<(), GatewayError> {
+        self.check(true)
+    }
+
+    /// Checks the document; `whole`: it is all there is (an authenticated route needs its `auth`).
+    fn check(&self, whole: bool) -> Result<(), GatewayError> {
         if self.certificates.len() > MAX_CERTIFICATES {
             return Err(GatewayError(format!("more than {MAX_CERTIFICATES} certificates")));
         }
@@ -358,11 +374,47 @@ impl GatewayDocument {
             if [UNROUTED, PREFLIGHT].contains(&&*route.name) {
                 return Err(at("the name is reserved for requests no route takes".into()));
             }
-            if route.auth == RouteAuth::Authenticated && self.auth.is_none() {
+            if whole && route.auth == RouteAuth::Authenticated && self.auth.is_none() {
                 return Err(at("`auth: authenticated` needs the document's `auth` section".into()));
             }
         }
         Ok(())
+    }
+
+    /// Parses and checks a document of routes kept in etcd: `routes:` and nothing else.
+    /// An `authenticated` route passes here; the file it joins must have `auth` ([`Self::with_routes`]).
+    pub fn parse_routes(bytes: &[u8]) -> Result<Vec<GatewayRoute>, GatewayError> {
+        let document = Self::read(bytes)?;
+        document.check(false)?;
+        let Self { certificates, routes, cors, auth, limits, trust_traceparent, access_log } = document;
+        if !certificates.is_empty()
+            || cors.is_some()
+            || auth.is_some()
+            || limits.is_some()
+            || trust_traceparent
+            || access_log
+        {
+            return Err(GatewayError(
+                "only `routes` may come from etcd: certificates, auth, cors, limits, trust_traceparent and \
+                 access_log belong to each gateway's file"
+                    .into(),
+            ));
+        }
+        Ok(routes)
+    }
+
+    /// This document with `routes` (from etcd) after its own, checked again as one document:
+    /// route names unique across both, `auth: authenticated` only with this document's `auth`.
+    pub fn with_routes(mut self, routes: &[GatewayRoute]) -> Result<Self, GatewayError> {
+        if routes.is_empty() {
+            return Ok(self);
+        }
+        let own = self.routes.len();
+        self.routes.extend_from_slice(routes);
+        self.validate().map_err(|GatewayError(e)| {
+            GatewayError(format!("with the routes from etcd: {e} (routes[{own}] on are etcd's)"))
+        })?;
+        Ok(self)
     }
 
     /// The first route that takes a request for `host` (lowercase, no port) and `path`.
@@ -446,6 +498,18 @@ impl GatewayRoute {
     }
 }
 
+impl Layout {
+    /// Every gateway service's routes: `<prefix>/v1/gateways/`.
+    pub fn gateways(&self) -> String {
+        format!("{}gateways/", self.root())
+    }
+
+    /// The routes of the gateways of service `service`.
+    pub fn gateway(&self, service: &ServiceName) -> String {
+        format!("{}{service}", self.gateways())
+    }
+}
+
 fn label_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
 }
@@ -518,6 +582,37 @@ routes:
             .unwrap_or_else(|| unreachable!());
         assert!(cors.allows("http://localhost:8080") && !cors.allows("http://evil.test"));
         assert_eq!(cors.max_age_s, 600);
+    }
+
+    #[test]
+    fn routes_from_etcd_come_after_the_files_and_are_checked_with_them() {
+        let routes = GatewayDocument::parse_routes(b"routes:\n  - { name: extra, path_prefix: /x/, service: x }\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let merged = doc().with_routes(&routes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(merged.routes.last().map(|r| &*r.name), Some("extra"));
+        assert_eq!(merged.route("any.test", "/x/y").map(|r| &*r.name), Some("extra"));
+        // Only routes, and no name twice.
+        let error =
+            |bytes: &[u8]| GatewayDocument::parse_routes(bytes).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error(b"access_log: true\nroutes: []\n").contains("only `routes`"));
+        assert!(error(b"routes:\n  - { name: a, path_prefix: x, service: e }\n").contains("path_prefix"));
+        assert!(
+            error(b"routes:\n  - { name: a,\n      nope: 1 }\n").contains("line 3"),
+            "{}",
+            error(b"routes:\n  - { name: a,\n      nope: 1 }\n")
+        );
+        let twice = GatewayDocument::parse_routes(b"routes: [{ name: echo, path_prefix: /, service: e }]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let clash = doc().with_routes(&twice).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(clash.contains("another route has this name") && clash.contains("etcd"), "{clash}");
+        let secure =
+            GatewayDocument::parse_routes(b"routes: [{ name: s, path_prefix: /, service: e, auth: authenticated }]")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(doc().with_routes(&secure).is_err(), "authenticated needs the file's auth section");
+        assert_eq!(
+            Layout::default().gateway(&"api-gateway".parse().unwrap_or_else(|e| panic!("{e:?}"))),
+            "/mesh/v1/gateways/api-gateway"
+        );
     }
 
     #[test]

@@ -178,6 +178,38 @@ async fn latencies(gateway: &Gateway, from: Option<IpAddr>, n: usize) -> Vec<Dur
 }
 
 #[tokio::test]
+async fn connections_that_send_nothing_are_closed_at_the_header_read_timeout() {
+    let (_etcd, _echo, _ca, gateway) = gateway(&[("MESH_GATEWAY_HEADER_READ_TIMEOUT", "1s")]).await;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        let addr = gateway.plain.clone();
+        silent.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(&addr).await.unwrap();
+            let opened = Instant::now();
+            // Not a byte sent: the gateway cannot even tell HTTP/1.1 from HTTP/2.
+            match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut [0u8; 64])).await {
+                Ok(Ok(0) | Err(_)) => opened.elapsed(),
+                Ok(Ok(n)) => panic!("{n} bytes to a client that asked nothing"),
+                Err(_) => panic!("a silent connection stayed open for 10 s"),
+            }
+        }));
+    }
+    for task in silent {
+        let held = task.await.unwrap();
+        assert!(held >= Duration::from_millis(900) && held < Duration::from_millis(3000), "held open {held:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The gateway still serves.
+    assert_eq!(call(&gateway, client(2), "api.test", hello()).await.grpc_status(), Some(0));
+    let metrics = gateway.proxy.metrics().await;
+    assert!(
+        metric_sum(&metrics, r#"mesh_connection_errors_total{direction="gateway",reason="timeout"}"#) >= 8,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn slowloris_connections_are_closed_at_the_header_read_timeout_while_calls_keep_their_p99() {
     let (_etcd, _echo, _ca, gateway) = gateway(&[("MESH_GATEWAY_HEADER_READ_TIMEOUT", "1s")]).await;
     // The callers come from addresses of their own, each under its burst (120 calls at 1/s

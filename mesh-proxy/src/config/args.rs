@@ -172,7 +172,8 @@ pub struct Args {
     /// The gateway's plaintext listener (h2c and HTTP/1.1), for development; off unless given.
     #[arg(long = "gateway-plain-addr", env = "MESH_GATEWAY_PLAIN_ADDR")]
     gateway_plain_addr: Option<SocketAddr>,
-    /// An HTTP/1.1 request's headers must arrive within this, or its connection is closed.
+    /// An HTTP/1.1 request's headers, and a new connection's first bytes, must arrive within this, or
+    /// the connection is closed.
     #[arg(long = "gateway-header-read-timeout", env = "MESH_GATEWAY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_at_least(Duration::from_millis(100)), value_name = "DURATION")]
     gateway_header_read_timeout: Duration,
     /// How often the gateway's document and certificate files are checked for changes.

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::first_byte::FirstByteDeadline;
 use super::transport::{Acceptor, BoxIo, PeerInfo};
 use crate::telemetry::events::{AcceptFailed, ConnectionFailed, ConnectionRefused};
 use crate::telemetry::labels::ConnectionError;
@@ -97,8 +98,8 @@ where
 }
 
 /// Serves `handler` over HTTP/1.1 and HTTP/2, told apart by the first bytes (the gateway's edge),
-/// until `shutdown` turns true, then drains. An HTTP/1.1 request's headers must arrive within
-/// `header_read_timeout`, or the connection is closed (slowloris).
+/// until `shutdown` turns true, then drains. A connection's first bytes, and an HTTP/1.1 request's
+/// headers, must arrive within `header_read_timeout`, or the connection is closed (slowloris).
 pub(crate) async fn serve_http<H, F, B>(
     listener: Listener,
     header_read_timeout: Duration,
@@ -119,8 +120,10 @@ pub(crate) async fn serve_http<H, F, B>(
         .header_read_timeout(header_read_timeout)
         .max_headers(100)
         .max_buf_size(limits.max_header_list_size.max(8192) as usize);
-    let connect = move |io, handler, peer, watcher: Watcher| {
+    let connect = move |io: TokioIo<BoxIo>, handler, peer, watcher: Watcher| {
         let builder = builder.clone();
+        // Nothing is read before the first bytes tell the protocol: they get the same deadline.
+        let io = TokioIo::new(FirstByteDeadline::new(io.into_inner(), header_read_timeout));
         async move { watcher.watch(builder.serve_connection(io, stream_service(handler, peer))).await }
     };
     accept_loop(listener, handler, shutdown, connect).await;
@@ -229,8 +232,10 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> ConnectionError {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return if h2.is_io() { ConnectionError::Io } else { ConnectionError::Protocol };
         }
-        if e.is::<std::io::Error>() {
-            return ConnectionError::Io;
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // A client that never sent its first bytes (first_byte.rs).
+            let timed_out = io.kind() == std::io::ErrorKind::TimedOut;
+            return if timed_out { ConnectionError::Timeout } else { ConnectionError::Io };
         }
         source = e.source();
     }

@@ -3,12 +3,19 @@
 //! a change the document is read again with everything it names, and all of it is put in force
 //! together, for new requests and new handshakes (connections already open are not touched). A
 //! change that cannot be used is reported once and what was in force stays.
+//!
+//! Also followed: the routes kept in etcd for this gateway's service (`Layout::gateway`), put after
+//! the file's. A change there is put in force with the file's document as it is on disk; an etcd
+//! document that cannot be used is reported once, and the last good routes from etcd stay (with
+//! later changes of the file too).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_registry::gateway::GatewayDocument;
+use mesh_registry::gateway::{GatewayDocument, GatewayRoute};
+use mesh_registry::watch_prefix::Values;
+use tokio::sync::watch;
 
 use super::auth::Verifier;
 use super::certs::{Certificates, Table};
@@ -74,17 +81,62 @@ fn fingerprint(path: &Path, document: &GatewayDocument) -> Fingerprint {
         .collect()
 }
 
-/// Follows the files until the proxy stops.
+/// The routes kept in etcd for this gateway: the watched value, and the key in it.
+#[derive(Debug)]
+pub(crate) struct EtcdRoutes {
+    pub(crate) values: watch::Receiver<Values>,
+    pub(crate) key: String,
+}
+
+impl EtcdRoutes {
+    /// The routes stored now (none if the key is absent), or why they cannot be used.
+    fn current(&self) -> Result<Vec<GatewayRoute>, String> {
+        match self.values.borrow().get(&self.key) {
+            None => Ok(Vec::new()),
+            Some(entry) => GatewayDocument::parse_routes(&entry.value)
+                .map_err(|e| format!("{} (etcd revision {}): {e}", self.key, entry.revision)),
+        }
+    }
+}
+
+/// Follows the files (and the routes in etcd, if given) until the proxy stops.
 pub(crate) async fn follow(
     path: PathBuf,
     interval: Duration,
     gateway: Arc<Gateway>,
     certificates: Arc<Certificates>,
     telemetry: Arc<Telemetry>,
+    mut etcd: Option<EtcdRoutes>,
 ) {
     let mut seen = fingerprint(&path, &gateway.state.read().document);
+    // The last routes from etcd that could be used (put in force with the file's).
+    let mut from_etcd: Vec<GatewayRoute> = Vec::new();
     loop {
-        tokio::time::sleep(interval).await;
+        let etcd_changed = async {
+            match etcd.as_mut() {
+                Some(routes) => routes.values.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let routes_changed = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            changed = etcd_changed => changed,
+        };
+        if routes_changed {
+            match etcd.as_ref().map_or(Ok(Vec::new()), EtcdRoutes::current) {
+                Ok(routes) if routes == from_etcd => continue,
+                Ok(routes) => match load_with(&path, &routes) {
+                    Ok(loaded) => {
+                        seen = fingerprint(&path, &loaded.document);
+                        from_etcd = routes;
+                        install(loaded, &gateway, &certificates, &telemetry, true);
+                    }
+                    Err(error) => GatewayReloadFailed { error: &error }.emit(&telemetry),
+                },
+                Err(error) => GatewayReloadFailed { error: &error }.emit(&telemetry),
+            }
+            continue;
+        }
         let current = gateway.state.read().clone();
         let now = fingerprint(&path, &current.document);
         if now == seen {
@@ -93,7 +145,7 @@ pub(crate) async fn follow(
         // A file being written may be read half-written: wait for it to settle.
         tokio::time::sleep(interval.min(Duration::from_millis(200))).await;
         seen = fingerprint(&path, &current.document);
-        match load(&path) {
+        match load_with(&path, &from_etcd) {
             Ok(loaded) => {
                 seen = fingerprint(&path, &loaded.document);
                 install(loaded, &gateway, &certificates, &telemetry, true);
@@ -102,4 +154,11 @@ pub(crate) async fn follow(
             Err(error) => GatewayReloadFailed { error: &error }.emit(&telemetry),
         }
     }
+}
+
+/// [`load`], with `routes` from etcd after the file's.
+fn load_with(path: &Path, routes: &[GatewayRoute]) -> Result<Loaded, String> {
+    let mut loaded = load(path)?;
+    loaded.document = loaded.document.with_routes(routes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(loaded)
 }
