@@ -83,4 +83,21 @@ for mode in $MODES; do
   [ "$ok" = "$CALLS" ] || { echo "$mode: only $ok of $CALLS calls succeeded" >&2; exit 1; }
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$OUT/$mode.$SIDE.callgrind.1")
   echo "$mode, $SIDE sidecar: $((total / CALLS)) instructions per call ($CALLS calls, $PROXY_BIN; $OUT/$mode.$SIDE.callgrind.1)"
+  # Allocations: every call made to malloc, calloc or realloc (callgrind's `calls=` lines under a
+  # `cfn=` naming one; names are given once, then referred to by number).
+  python3 - "$OUT/$mode.$SIDE.callgrind.1" "$CALLS" <<'PY'
+import re, sys
+names, target, allocs = {}, None, 0
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("cfn="):
+        m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.strip())
+        if m and m.group(2):
+            names[m.group(1)] = m.group(2)
+        target = names.get(m.group(1), "") if m else ""
+    elif line.startswith("calls=") and target is not None:
+        if target in ("malloc", "calloc", "realloc", "__libc_malloc", "__libc_calloc", "__libc_realloc"):
+            allocs += int(line.split("=")[1].split()[0])
+        target = None
+print(f"  allocations (malloc, calloc, realloc): {allocs / int(sys.argv[2]):.1f} per call")
+PY
 done
