@@ -89,7 +89,11 @@ for mode in $MODES; do
 import re, sys
 names, target, allocs = {}, None, 0
 for line in open(sys.argv[1], errors="replace"):
-    if line.startswith("cfn="):
+    if line.startswith("fn="):  # a name may be given first where it is the current function
+        m = re.match(r"fn=\((\d+)\) (.*)", line.strip())
+        if m:
+            names[m.group(1)] = m.group(2)
+    elif line.startswith("cfn="):
         m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.strip())
         if m and m.group(2):
             names[m.group(1)] = m.group(2)

@@ -32,16 +32,20 @@ impl ServiceName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `s` is a valid service name (checked without making one).
+    pub fn is_valid(s: &str) -> bool {
+        (1..=63).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
 }
 
 impl TryFrom<String> for ServiceName {
     type Error = NameError;
     fn try_from(s: String) -> Result<Self, NameError> {
-        let ok = (1..=63).contains(&s.len())
-            && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && !s.ends_with('-')
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok { Ok(Self(s)) } else { Err(NameError::Service(s)) }
+        if Self::is_valid(&s) { Ok(Self(s)) } else { Err(NameError::Service(s)) }
     }
 }
 

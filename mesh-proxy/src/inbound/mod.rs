@@ -64,14 +64,14 @@ impl Inbound {
         let peer = req.extensions().get::<PeerInfo>();
         let peer_addr = peer.map(|p| p.addr);
         let caller = peer.and_then(|p| p.identity.clone());
-        let verified = caller.as_ref().map(|i| i.service().to_string());
-        let source = verified.unwrap_or_else(|| {
-            req.headers()
-                .get(CLIENT_SERVICE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<ServiceName>().ok())
-                .map_or_else(|| "unknown".to_string(), |s| s.to_string())
-        });
+        // Shared with the other calls from the same caller: no allocation per call.
+        let source = match caller.as_ref() {
+            Some(identity) => self.telemetry.shared_name(identity.service().as_str()),
+            None => {
+                let said = req.headers().get(CLIENT_SERVICE).and_then(|v| v.to_str().ok());
+                self.telemetry.shared_name(said.filter(|s| ServiceName::is_valid(s)).unwrap_or("unknown"))
+            }
+        };
         let mut recorder = self.telemetry.start(Direction::Inbound, &source, self.local.as_str(), method);
         strip_hop_by_hop(req.headers_mut());
         // The app sees this hop's span as its parent in `traceparent`.

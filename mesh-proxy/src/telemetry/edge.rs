@@ -130,7 +130,7 @@ pub(crate) struct EdgeCall {
     host: Arc<str>,
     started: Instant,
     /// The `grpc_method` label of the request's path (the span's name).
-    method: String,
+    method: Arc<str>,
     span: Option<ActiveSpan>,
     /// Present when the document asks for an access log.
     log: Option<(Arc<AccessLog>, Box<AccessEntry>)>,

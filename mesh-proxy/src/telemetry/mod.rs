@@ -33,14 +33,21 @@ use families::Families;
 
 /// Most distinct `grpc_method` label values.
 pub(crate) const MAX_METHODS: usize = 256;
+/// Most service names kept shared for the recorders (beyond: one allocation per call, as before).
+const MAX_NAMES: usize = 1024;
 
 /// The proxy's metrics and the per-call recorders that feed them.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     families: Families,
     runtime: runtime::RuntimeFamilies,
-    /// The `grpc_method` values seen so far (at most [`MAX_METHODS`]).
-    methods: Mutex<HashSet<String>>,
+    /// The `grpc_method` values seen so far (at most [`MAX_METHODS`]), shared by the calls that
+    /// record them (a call's label costs a reference count, not an allocation).
+    methods: Mutex<HashSet<Arc<str>>>,
+    /// `other`, the label of every method beyond them.
+    other: Arc<str>,
+    /// Service names the recorders hold, shared likewise (at most [`MAX_NAMES`]).
+    names: Mutex<HashSet<Arc<str>>>,
     /// Log every call (target `access`).
     access_log: bool,
     /// What was declared, for the documentation check.
@@ -58,6 +65,8 @@ impl Telemetry {
             families,
             runtime,
             methods: Mutex::new(HashSet::new()),
+            other: Arc::from("other"),
+            names: Mutex::new(HashSet::new()),
             access_log,
             #[cfg(test)]
             declared: declare.declared().to_vec(),
@@ -72,24 +81,38 @@ impl Telemetry {
 
     /// The `grpc_method` label for a request path: `/pkg.Service/Method` for gRPC paths while
     /// under the limit, `other` beyond it or for anything else.
-    pub(crate) fn method_label(&self, path: &str) -> String {
+    pub(crate) fn method_label(&self, path: &str) -> Arc<str> {
         let grpc_like = path.len() <= 128
             && path.starts_with('/')
             && path[1..].split('/').count() == 2
             && path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'));
         if !grpc_like {
-            return "other".to_string();
+            return self.other.clone();
         }
         let mut methods = self.methods.lock();
-        if methods.contains(path) {
-            return path.to_string();
+        if let Some(known) = methods.get(path) {
+            return known.clone();
         }
         if methods.len() < MAX_METHODS {
-            methods.insert(path.to_string());
-            return path.to_string();
+            let label: Arc<str> = Arc::from(path);
+            methods.insert(label.clone());
+            return label;
         }
         self.families.label_overflow.inc();
-        "other".to_string()
+        self.other.clone()
+    }
+
+    /// A service name as the recorders hold it: shared with every other call naming it.
+    pub(crate) fn shared_name(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock();
+        if let Some(known) = names.get(name) {
+            return known.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if names.len() < MAX_NAMES {
+            names.insert(shared.clone());
+        }
+        shared
     }
 
     /// The counter of calls the balancer sends to one endpoint, resolved once per endpoint.
@@ -135,13 +158,14 @@ mod tests {
     #[test]
     fn method_labels_are_capped() -> prometheus::Result<()> {
         let t = Telemetry::new(&Registry::new(), false)?;
-        assert_eq!(t.method_label("/pkg.Svc/Method"), "/pkg.Svc/Method");
-        assert_eq!(t.method_label("/not grpc"), "other");
-        assert_eq!(t.method_label("/a/b/c"), "other");
+        assert_eq!(&*t.method_label("/pkg.Svc/Method"), "/pkg.Svc/Method");
+        assert!(Arc::ptr_eq(&t.method_label("/pkg.Svc/Method"), &t.method_label("/pkg.Svc/Method")), "shared");
+        assert_eq!(&*t.method_label("/not grpc"), "other");
+        assert_eq!(&*t.method_label("/a/b/c"), "other");
         for i in 1..MAX_METHODS {
             t.method_label(&format!("/s/m{i}"));
         }
-        assert_eq!(t.method_label("/s/one-too-many"), "other");
+        assert_eq!(&*t.method_label("/s/one-too-many"), "other");
         assert_eq!(t.families.label_overflow.get(), 1);
         Ok(())
     }

@@ -11,12 +11,12 @@ use super::trace::ActiveSpan;
 
 impl Telemetry {
     /// Starts timing a request.
-    pub(crate) fn start(self: &Arc<Self>, direction: Direction, src: &str, dst: &str, method: String) -> Recorder {
+    pub(crate) fn start(self: &Arc<Self>, direction: Direction, src: &str, dst: &str, method: Arc<str>) -> Recorder {
         self.families.open_streams[direction as usize].inc();
         Recorder {
             telemetry: self.clone(),
             direction,
-            peers: [src, dst].map(str::to_string),
+            peers: [self.shared_name(src), self.shared_name(dst)],
             method,
             started: Instant::now(),
             span: None,
@@ -35,8 +35,8 @@ pub(crate) struct Recorder {
     telemetry: Arc<Telemetry>,
     direction: Direction,
     /// Source and destination services.
-    peers: [String; 2],
-    method: String,
+    peers: [Arc<str>; 2],
+    method: Arc<str>,
     started: Instant,
     span: Option<ActiveSpan>,
     error: Option<ErrorReason>,
@@ -105,7 +105,7 @@ impl Drop for Recorder {
         m.requests.with_label_values(&values).inc();
         if let Some((route, subset)) = &self.route {
             let subset = subset.as_deref().unwrap_or("all");
-            m.route_requests.with_label_values(&[dst.as_str(), route, subset, status]).inc();
+            m.route_requests.with_label_values(&[dst, route, subset, status]).inc();
         }
         m.duration.with_label_values(&values).observe(elapsed.as_secs_f64());
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
