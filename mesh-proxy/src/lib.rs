@@ -26,6 +26,8 @@
 
 pub(crate) mod admin;
 pub(crate) mod balance;
+#[cfg(test)]
+mod callpath;
 pub mod config;
 pub(crate) mod endpoint;
 pub(crate) mod gateway;

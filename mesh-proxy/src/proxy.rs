@@ -220,7 +220,7 @@ impl Proxy {
         };
         let (policies, discovery) = (outbound.policies.clone(), outbound.discovery.clone());
         let outbound_server =
-            tokio::spawn(listen::serve(outbound_listener, move |req| outbound.handle(req), stop_rx.clone()));
+            tokio::spawn(listen::serve(outbound_listener, move |req, _| outbound.handle(req), stop_rx.clone()));
         let inbound_server = match (listeners.inbound, &config.inbound) {
             (Some(listener), Some(settings)) => {
                 let inbound = Arc::new(Inbound {
@@ -269,7 +269,11 @@ impl Proxy {
                     drain: config.drain_timeout,
                     tasks: inbound_tasks,
                 };
-                Some(tokio::spawn(listen::serve(listener, move |req| inbound.clone().handle(req), stop_rx)))
+                Some(tokio::spawn(listen::serve(
+                    listener,
+                    move |req, peer| inbound.clone().handle(req, peer.clone()),
+                    stop_rx,
+                )))
             }
             _ => None,
         };
@@ -378,7 +382,12 @@ fn serve_gateway(
         };
         let gateway = gateway.clone();
         let header_read_timeout = settings.header_read_timeout;
-        let serve = listen::serve_http(listener, header_read_timeout, move |req| gateway.handle(req), stop.clone());
+        let serve = listen::serve_http(
+            listener,
+            header_read_timeout,
+            move |req, peer| gateway.handle(req, peer.addr),
+            stop.clone(),
+        );
         servers.push(tokio::spawn(serve));
     }
     Ok(servers)

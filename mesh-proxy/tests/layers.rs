@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["balance"],
     &["outbound", "inbound", "gateway", "admin"],
     &["config"],
-    &["proxy"],
+    &["proxy", "callpath"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

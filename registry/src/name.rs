@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +23,11 @@ pub enum NameError {
     Address(String, &'static str),
 }
 
-/// A service's name, a DNS label such as `orders`: what callers put in `:authority`.
+/// A service's name, a DNS label such as `orders`: what callers put in `:authority`. Shared, not
+/// copied: a clone (every call's telemetry, balancer and errors carry one) takes a reference.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ServiceName(String);
+pub struct ServiceName(Arc<str>);
 
 impl ServiceName {
     /// The name as a string.
@@ -45,7 +47,27 @@ impl ServiceName {
 impl TryFrom<String> for ServiceName {
     type Error = NameError;
     fn try_from(s: String) -> Result<Self, NameError> {
-        if Self::is_valid(&s) { Ok(Self(s)) } else { Err(NameError::Service(s)) }
+        if Self::is_valid(&s) { Ok(Self(Arc::from(s))) } else { Err(NameError::Service(s)) }
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        if Self::is_valid(s) { Ok(Self(Arc::from(s))) } else { Err(NameError::Service(s.to_string())) }
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(v: ServiceName) -> String {
+        v.0.to_string()
+    }
+}
+
+/// Maps keyed by service name can be looked up by a borrowed `&str` (the name in a request).
+impl std::borrow::Borrow<str> for ServiceName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -152,7 +174,13 @@ macro_rules! string_newtype_impls {
         }
     )*};
 }
-string_newtype_impls!(ServiceName => 0, InstanceId => 0, Address => text);
+string_newtype_impls!(InstanceId => 0, Address => text);
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -144,21 +144,30 @@ impl<C> Balancer<C> {
         }
         let now = Instant::now();
         let in_subset = |e: &&Arc<Endpoint<C>>| subset.is_none_or(|s| s.matches(&e.record.labels));
-        let eligible: Vec<&Arc<Endpoint<C>>> =
-            endpoints.iter().filter(in_subset).filter(|e| e.is_eligible(now)).collect();
-        let chosen = match eligible.len() {
-            0 if subset.is_some() && !endpoints.iter().any(|e| in_subset(&e)) => return Err(Empty::NoEndpoints),
-            0 => return Err(Empty::NoneReady(endpoints.len())),
-            1 => eligible[0],
-            n => {
-                let a = fastrand::usize(..n);
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        // Two distinct eligible endpoints, drawn uniformly in one pass (reservoir sampling): no
+        // list is built per call.
+        let mut drawn: [Option<&Arc<Endpoint<C>>>; 2] = [None, None];
+        for (seen, endpoint) in endpoints.iter().filter(in_subset).filter(|e| e.is_eligible(now)).enumerate() {
+            let slot = if seen < 2 { seen } else { fastrand::usize(..=seen) };
+            if let Some(slot) = drawn.get_mut(slot) {
+                *slot = Some(endpoint);
+            }
+        }
+        let chosen = match drawn {
+            [None, _] if subset.is_some() && !endpoints.iter().any(|e| in_subset(&e)) => {
+                return Err(Empty::NoEndpoints);
+            }
+            [None, _] => return Err(Empty::NoneReady(endpoints.len())),
+            [Some(only), None] => only,
+            [Some(first), Some(second)] => {
+                // The draw fills the slots in list order: which one is `a` is a coin toss.
+                let (a, b) = if fastrand::bool() { (first, second) } else { (second, first) };
                 let decay = self.settings.decay;
-                let (cost_a, cost_b) = (eligible[a].cost(decay, now), eligible[b].cost(decay, now));
+                let (cost_a, cost_b) = (a.cost(decay, now), b.cost(decay, now));
                 // Near-equal costs are a tie, so noise and estimates that differ only by when
                 // they were last touched never turn into a fixed ranking. Ties go either way
-                // (`a` is already a random choice).
-                if cost_a <= cost_b * TIE { eligible[a] } else { eligible[b] }
+                // (`a` is a random choice).
+                if cost_a <= cost_b * TIE { a } else { b }
             }
         };
         Ok(InFlight::start(chosen))

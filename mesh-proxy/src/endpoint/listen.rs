@@ -81,7 +81,7 @@ pub(crate) struct Listener {
 /// from the local app.
 pub(crate) async fn serve<H, F, B>(listener: Listener, handler: H, shutdown: watch::Receiver<bool>)
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, &Arc<PeerInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -106,7 +106,7 @@ pub(crate) async fn serve_http<H, F, B>(
     handler: H,
     shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, &Arc<PeerInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -131,9 +131,31 @@ pub(crate) async fn serve_http<H, F, B>(
 
 type Watcher = hyper_util::server::graceful::Watcher;
 
-/// The stream service of one connection: each request carries its peer, and is answered by the
-/// handler's future, mapped (an async block holding the response and awaiting it would be twice
-/// the size of the handler's future, and hyper moves it).
+/// Serves one in-process connection as a sidecar listener serves each of its connections (the
+/// same HTTP/2 limits, executor and stream service), without the accept loop: the call-path
+/// benchmark's proxies (`callpath.rs`).
+#[cfg(test)]
+pub(crate) fn serve_one<H, F, B>(
+    limits: H2Limits,
+    io: BoxIo,
+    peer: PeerInfo,
+    handler: H,
+) -> impl Future<Output = Result<(), hyper::Error>> + Send
+where
+    H: Fn(Request<Incoming>, &Arc<PeerInfo>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut h2 = http2::Builder::new(MonitoredExecutor(crate::telemetry::runtime::task_monitor()));
+    h2_limits!(h2, limits);
+    h2.serve_connection(TokioIo::new(io), stream_service(handler, peer))
+}
+
+/// The stream service of one connection: each request is answered by the handler's future, given
+/// the connection's peer (shared: no copy, and no extension map, per request), mapped (an async
+/// block holding the response and awaiting it would be twice the size of the handler's future,
+/// and hyper moves it).
 fn stream_service<H, F, B>(
     handler: H,
     peer: PeerInfo,
@@ -145,21 +167,19 @@ fn stream_service<H, F, B>(
 > + Send
 + 'static
 where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, &Arc<PeerInfo>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
 {
-    service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        handler(req).map(Ok::<_, Infallible>)
-    })
+    let peer = Arc::new(peer);
+    service_fn(move |req: Request<Incoming>| handler(req, &peer).map(Ok::<_, Infallible>))
 }
 
 /// Accepts connections until `shutdown`, each served by `connect` (given the connection, the
 /// handler and the peer) in its own task, then drains.
 async fn accept_loop<H, F, B, C, CF>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>, connect: C)
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, &Arc<PeerInfo>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

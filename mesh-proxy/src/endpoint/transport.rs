@@ -58,7 +58,14 @@ struct TlsClient {
 pub(crate) struct Connector {
     timeout: Duration,
     tls: Option<Arc<TlsClient>>,
+    /// In process, no sockets: the call-path benchmark's peers (`callpath.rs`).
+    #[cfg(test)]
+    memory: Option<MemoryDial>,
 }
+
+/// Opens an in-process connection (the benchmark's: an in-memory pipe to a peer it serves).
+#[cfg(test)]
+pub(crate) type MemoryDial = Arc<dyn Fn() -> BoxIo + Send + Sync>;
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,16 +76,36 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Plaintext TCP with `timeout` on connecting.
     pub(crate) fn plaintext(timeout: Duration) -> Self {
-        Self { timeout, tls: None }
+        Self {
+            timeout,
+            tls: None,
+            #[cfg(test)]
+            memory: None,
+        }
     }
 
     /// Mutual TLS: the server must prove the identity of the service being called.
     pub(crate) fn mtls(timeout: Duration, state: Arc<IdentityState>, telemetry: Arc<Telemetry>) -> Self {
-        Self { timeout, tls: Some(Arc::new(TlsClient { state, configs: Mutex::default(), telemetry })) }
+        Self {
+            timeout,
+            tls: Some(Arc::new(TlsClient { state, configs: Mutex::default(), telemetry })),
+            #[cfg(test)]
+            memory: None,
+        }
+    }
+
+    /// In process: every connection is what `dial` opens, whatever the address.
+    #[cfg(test)]
+    pub(crate) fn memory(dial: MemoryDial) -> Self {
+        Self { timeout: Duration::from_secs(1), tls: None, memory: Some(dial) }
     }
 
     /// Connects to `addr` (resolving DNS names), an instance of `service`, within the timeout.
     pub(crate) async fn connect(&self, addr: &Address, service: &ServiceName) -> io::Result<BoxIo> {
+        #[cfg(test)]
+        if let Some(dial) = &self.memory {
+            return Ok(dial());
+        }
         let connect = TcpStream::connect((addr.host(), addr.port()));
         let tcp =
             tokio::time::timeout(self.timeout, connect).await.map_err(|_| timed_out("connect", self.timeout))??;

@@ -28,6 +28,7 @@ pub(crate) mod reload;
 mod web;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,6 @@ use hyper::body::Incoming;
 use mesh_registry::gateway::{GatewayDocument, GatewayRoute, Limits, PREFLIGHT, RouteAuth};
 use parking_lot::RwLock;
 
-use crate::endpoint::transport::PeerInfo;
 use crate::headers::{
     GRPC_TIMEOUT, MESH_ERROR, MESH_ERROR_MESSAGE, TRACEPARENT, TRACESTATE, encode_grpc_timeout, grpc_timeout, is_grpc,
 };
@@ -169,16 +169,17 @@ pub(crate) struct InForce {
 }
 
 impl Gateway {
-    /// Takes a request from outside.
+    /// Takes a request from outside, from `client`.
     pub(crate) fn handle(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
+        client: SocketAddr,
     ) -> impl Future<Output = Response<GatewayBody>> + Send + use<> {
         let grpc = is_grpc(&req);
         let host = host(&req);
         let state = self.state.read().clone();
         let web = web::Mode::of(req.headers());
-        let mut call = self.arrive(&state, &mut req, &host, grpc, web);
+        let mut call = self.arrive(&state, &mut req, (&host, client), grpc, web);
         if cors::is_preflight(&req) {
             call.routed(&Arc::from(PREFLIGHT), "*");
             let response = cors::preflight(state.document.cors.as_ref(), req.headers());
@@ -191,8 +192,9 @@ impl Gateway {
         };
         call.routed(&route.name, route.host_pattern(&host).unwrap_or("*"));
         let limits = state.document.limits_of(route);
-        let admitted =
-            self.limit(&state, route, &limits, &req).and_then(|()| self.authenticate(&state, route, &mut req));
+        let admitted = self
+            .limit(&state, route, &limits, (&req, client))
+            .and_then(|()| self.authenticate(&state, route, &mut req));
         match admitted {
             Ok(subject) => subject.iter().for_each(|subject| call.subject(subject)),
             Err(error) => {
@@ -256,7 +258,7 @@ impl Gateway {
         &self,
         state: &InForce,
         req: &mut Request<Incoming>,
-        host: &str,
+        (host, client): (&str, SocketAddr),
         grpc: bool,
         web: Option<web::Mode>,
     ) -> EdgeCall {
@@ -285,7 +287,7 @@ impl Gateway {
             host,
             path: req.uri().path(),
             headers: req.headers(),
-            client: req.extensions().get::<PeerInfo>().map(|peer| peer.addr),
+            client: Some(client),
         };
         let log = state.document.access_log.then_some(&self.access_log);
         EdgeCall::start(&self.outbound.telemetry, &request, span, trace_id, log)
@@ -297,11 +299,10 @@ impl Gateway {
         state: &InForce,
         route: &GatewayRoute,
         limits: &Limits,
-        req: &Request<B>,
+        (req, client): (&Request<B>, SocketAddr),
     ) -> Result<(), ProxyError> {
         let telemetry = &self.outbound.telemetry;
-        let client = req.extensions().get::<PeerInfo>().map(|peer| peer.addr.ip());
-        if let Err(refused) = state.limiter.admit(&route.name, limits, client) {
+        if let Err(refused) = state.limiter.admit(&route.name, limits, Some(client.ip())) {
             let error = ProxyError::EdgeRateLimited {
                 route: route.name.to_string(),
                 per: refused.per,

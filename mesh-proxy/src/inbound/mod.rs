@@ -57,15 +57,18 @@ impl std::fmt::Debug for ServicePolicyFn {
 }
 
 impl Inbound {
-    pub(crate) async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Takes a call from `peer`, a caller's proxy.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: Arc<PeerInfo>,
+    ) -> Response<ResponseBody> {
         let grpc = is_grpc(&req);
         let method = self.telemetry.method_label(req.uri().path());
         // The caller: its verified identity under mTLS; otherwise what its proxy says.
-        let peer = req.extensions().get::<PeerInfo>();
-        let peer_addr = peer.map(|p| p.addr);
-        let caller = peer.and_then(|p| p.identity.clone());
+        let caller = peer.identity.as_ref();
         // Shared with the other calls from the same caller: no allocation per call.
-        let source = match caller.as_ref() {
+        let source = match caller {
             Some(identity) => self.telemetry.shared_name(identity.service().as_str()),
             None => {
                 let said = req.headers().get(CLIENT_SERVICE).and_then(|v| v.to_str().ok());
@@ -77,9 +80,7 @@ impl Inbound {
         // The app sees this hop's span as its parent in `traceparent`.
         if let Some(tracer) = &self.tracer {
             let mut span = tracer.start(SpanKind::Server, req.headers_mut());
-            if let Some(addr) = peer_addr {
-                span.set_peer(addr);
-            }
+            span.set_peer(peer.addr);
             recorder.trace(span);
         }
 
@@ -89,7 +90,7 @@ impl Inbound {
         // Why here: after the caller is known, before anything reaches the app.
         if let Some(authorizer) = &self.authorizer
             && let mesh_registry::authz::Decision::Deny(message) =
-                authorizer.decide(caller.as_ref(), req.uri().path(), service_policy.as_deref())
+                authorizer.decide(caller, req.uri().path(), service_policy.as_deref())
         {
             tracing::info!(%message, trace_id = recorder.trace_id().unwrap_or_default(), "denied an inbound call");
             return ProxyError::NotAuthorized(message).respond(grpc, recorder);

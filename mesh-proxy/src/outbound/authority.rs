@@ -11,10 +11,10 @@ pub(crate) fn target<B>(req: &Request<B>) -> Result<ServiceName, String> {
     let raw = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    parse(&raw).ok_or(raw)
+    parse(raw).ok_or_else(|| raw.to_string())
 }
 
 fn parse(raw: &str) -> Option<ServiceName> {

@@ -68,7 +68,7 @@ impl Policies {
         Self::new(values, layout, telemetry)
     }
 
-    fn new(values: watch::Receiver<Values>, layout: Layout, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(values: watch::Receiver<Values>, layout: Layout, telemetry: Arc<Telemetry>) -> Self {
         Self { values, layout, parsed: Mutex::new(Arc::default()), destinations: Mutex::new(HashMap::new()), telemetry }
     }
 
