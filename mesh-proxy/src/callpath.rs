@@ -16,6 +16,9 @@
 //! ```sh
 //! MESH_CALLPATH_CALLS=100000 cargo test --release -p mesh-proxy --lib callpath -- --nocapture
 //! ```
+//!
+//! `MESH_CALLPATH_ONLY=inbound` (or `direct`, `outbound`, `mesh`) runs one path alone and checks no
+//! budget: for a heap profiler, e.g. `valgrind --tool=dhat` on the test binary.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -58,6 +61,14 @@ enum Path {
     Inbound,
     Outbound,
     Mesh,
+}
+
+impl Path {
+    fn named(name: &str) -> Option<Self> {
+        [Self::Direct, Self::Inbound, Self::Outbound, Self::Mesh]
+            .into_iter()
+            .find(|p| format!("{p:?}").eq_ignore_ascii_case(name))
+    }
 }
 
 /// What a path's calls cost, per call.
@@ -269,6 +280,13 @@ fn measure(path: Path, warm_up: u32, calls: u32) -> Cost {
 #[test]
 fn calls_through_each_path_stay_within_their_allocation_budget() {
     let calls = std::env::var("MESH_CALLPATH_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    // MESH_CALLPATH_ONLY=inbound (say) runs that path alone, e.g. under a heap profiler.
+    let only = std::env::var("MESH_CALLPATH_ONLY").ok();
+    if let Some(path) = only.as_deref().and_then(Path::named) {
+        let cost = measure(path, 200, calls);
+        println!("{path:?}: {cost:?} per call ({calls} calls)");
+        return;
+    }
     let paths = [Path::Direct, Path::Inbound, Path::Outbound, Path::Mesh];
     let costs: Vec<(Path, Cost)> = paths.iter().map(|path| (*path, measure(*path, 200, calls))).collect();
     let direct = &costs[0].1;
