@@ -11,7 +11,9 @@
 # and, at the edge, TLS terminated by the gateway (mesh-proxy --gateway, 1 worker) and by HAProxy
 # (nbthread 1) with the same certificate, loaded by h2load over TLS (BENCH_SKIP_EDGE=1 skips it).
 # with the proxy at 1 worker thread (like for like) and at its default (2). Loads: 100-byte unary,
-# closed loop 4 connections x 12 streams, and open loop at 2000 calls/s. Medians of BENCH_ROUNDS
+# closed loop 4 connections x 12 streams, and open loop at 2000 calls/s; and for the tail, 200 calls
+# in flight (4 x 50) through direct, the mesh path and two chained HAProxy processes (haproxy2;
+# BENCH_SKIP_WIDE=1 skips it). Medians of BENCH_ROUNDS
 # rounds. Proxy CPU (ms per 1k calls) and RSS come from /proc. Release builds. h2load
 # cross-checks closed-loop throughput once per target.
 #
@@ -135,8 +137,9 @@ nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
 pids+=($!); wait_port "$NGINX"
 NGINX_WORKER=$(pgrep -P "$!" | head -1)
 
-HAPROXY=$(port)
-cat >"$WORK/haproxy.cfg" <<CONF
+# An HAProxy configuration: one thread, HTTP/2 in and out, listening on $1 and forwarding to $2.
+haproxy_config() { # listen-port upstream-port
+  cat <<CONF
 global
   nbthread 1
   maxconn 4000
@@ -146,12 +149,15 @@ defaults
   timeout client 30s
   timeout server 30s
 frontend fe
-  bind 127.0.0.1:$HAPROXY proto h2
+  bind 127.0.0.1:$1 proto h2
   default_backend be
 backend be
   http-reuse always
-  server app 127.0.0.1:$APP proto h2
+  server up 127.0.0.1:$2 proto h2
 CONF
+}
+HAPROXY=$(port)
+haproxy_config "$HAPROXY" "$APP" >"$WORK/haproxy.cfg"
 # The edge: one certificate (from `mesh-registry dev-cert`) for the gateway and for HAProxy.
 EDGE="$WORK/edge"; HAPROXY_TLS=$(port); GATEWAY_TLS=$(port)
 "$BIN/mesh-registry" dev-cert --out "$EDGE" --name localhost,127.0.0.1 >/dev/null
@@ -163,6 +169,12 @@ frontend fe_tls
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 pids+=($!); HAPROXY_PID=$!; wait_port "$HAPROXY"
+# Two chained HAProxy hops, one process each (as the mesh path's two sidecars): a second HAProxy
+# in front of the first.
+HAPROXY2=$(port)
+haproxy_config "$HAPROXY2" "$HAPROXY" >"$WORK/haproxy2.cfg"
+haproxy -f "$WORK/haproxy2.cfg" -db >"$WORK/haproxy2.log" 2>&1 &
+pids+=($!); HAPROXY2_PID=$!; wait_port "$HAPROXY2"
 
 # The gateway routes Echo to echo-w1: its calls take one more hop than HAProxy's (the server
 # sidecar, then the app); its CPU is the gateway process's alone, as HAProxy's is.
@@ -193,6 +205,7 @@ declare -A TARGETS=(
   [hop2routes-w1]="${HOP2_ADDR[routes-w1]} echo-routes-w1 ${PROXY_PID[client-routes-w1]},${PROXY_PID[server-routes-w1]}"
   [nginx]="127.0.0.1:$NGINX echo $NGINX_WORKER"
   [haproxy]="127.0.0.1:$HAPROXY echo $HAPROXY_PID"
+  [haproxy2]="127.0.0.1:$HAPROXY2 echo $HAPROXY2_PID,$HAPROXY_PID"
 )
 ORDER=(direct hop1-w1 hop2-w1 hop2routes-w1 hop2tls-w1 hop1-w2 hop2-w2 hop2tls-w2 hop2otel-w2 hop2otel100-w2 nginx haproxy)
 # BENCH_TARGETS="direct hop1-w1" runs a subset (for quick looks; docs/benchmarks.md wants all).
@@ -202,10 +215,12 @@ run_one() { # name load round
   local name=$1 load=$2 round=$3
   read -r addr authority pids_csv <<<"${TARGETS[$name]}"
   local extra=(); [ "$load" = open ] && extra=(--rate "$RATE")
+  # wide: the closed loop with 200 calls in flight (4 connections x 50 streams), for the tail.
+  local streams=12; [ "$load" = wide ] && streams=50
   local before=0 p
   if [ "$pids_csv" != - ]; then for p in ${pids_csv//,/ }; do before=$((before + $(cpu_ticks "$p"))); done; fi
   MESH_LOG=error "$BIN/mesh-demo" load --target "http://$addr" --authority "$authority" --duration "${SECONDS_PER_RUN}s" \
-    --connections 4 --streams 12 --payload 100 "${extra[@]}" --json "$OUT/$name.$load.$round.json" >/dev/null
+    --connections 4 --streams "$streams" --payload 100 "${extra[@]}" --json "$OUT/$name.$load.$round.json" >/dev/null
   if [ "$pids_csv" != - ]; then
     local after=0 rss=0
     for p in ${pids_csv//,/ }; do after=$((after + $(cpu_ticks "$p"))); rss=$(( $(rss_kib "$p") > rss ? $(rss_kib "$p") : rss )); done
@@ -229,6 +244,16 @@ for round in $(seq "$ROUNDS"); do
     done
   done
 done
+# The tail at 200 in flight: the mesh path beside two chained HAProxy hops. After every other
+# round, so that the proxies' RSS in the tables above is not this load's.
+if [ -z "${BENCH_SKIP_WIDE:-}" ]; then
+  for round in $(seq "$ROUNDS"); do
+    for name in direct hop2-w1 haproxy2; do
+      echo "round $round: $name wide" >&2
+      run_one "$name" wide "$round"
+    done
+  done
+fi
 
 # h2load cross-check of closed-loop throughput: the same 100-byte unary request, raw HTTP/2.
 python3 -c 'import sys; m=b"\x0a\x64"+b"x"*100; sys.stdout.buffer.write(b"\x00"+len(m).to_bytes(4,"big")+m)' >"$WORK/req.bin"

@@ -26,7 +26,9 @@ LABEL = {
     "hop2otel100-w2": "mesh-proxy, 2 hops, telemetry at 100 % sampling, 2 workers each",
     "nginx": "nginx grpc_pass, 1 worker",
     "haproxy": "HAProxy h2, nbthread 1",
+    "haproxy2": "HAProxy h2, two chained hops (a process each), nbthread 1 each",
 }
+WIDE = ["direct", "hop2-w1", "haproxy2"]
 
 
 def runs(name, load):
@@ -57,6 +59,7 @@ def summary(name, load):
 
 
 S = {(n, l): summary(n, l) for n in ORDER for l in ("closed", "open")}
+S.update({(n, "wide"): summary(n, "wide") for n in WIDE})
 H2 = {}
 for n in ORDER:
     p = os.path.join(results, f"{n}.h2load.json")
@@ -116,6 +119,17 @@ for n in ORDER:
     add99 = (s["p99"] - direct_o["p99"]) / hops / 1000 if n != "direct" else None
     w(f"| {LABEL[n]} | {fmt(s['rps'])} | {fmt(ms(s['p50']), '{:.2f}')} | {fmt(ms(s['p99']), '{:.2f}')} | {fmt(ms(s['p999']), '{:.2f}')} | "
       f"{fmt(add50, '{:.3f}')} | {fmt(add99, '{:.3f}')} | {fmt(s['cpu_per_1k_per_proxy'], '{:.1f}')} | {fmt(s['rss_mib'], '{:.1f}')} | {s['errors']} |")
+
+if any(S[(n, "wide")] for n in WIDE):
+    w("\n## The tail at 200 calls in flight: closed loop, 4 connections x 50 streams\n")
+    w("The mesh path (two sidecars, 1 worker each) beside two chained HAProxy processes (1 thread each).\n")
+    w("| target | calls/s | p50 ms | p99 ms | p99.9 ms | CPU ms / 1k calls / hop | errors |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in WIDE:
+        s = S[(n, "wide")]
+        if s:
+            w(f"| {LABEL[n]} | {fmt(s['rps'])} | {fmt(ms(s['p50']), '{:.2f}')} | {fmt(ms(s['p99']), '{:.2f}')} | "
+              f"{fmt(ms(s['p999']), '{:.2f}')} | {fmt(s['cpu_per_1k_per_proxy'], '{:.1f}')} | {s['errors']} |")
 
 if H2:
     w("\n## Cross-check with h2load (closed loop, 4 connections x 12 streams, 40 000 calls)\n")
@@ -199,6 +213,25 @@ for name, label in (("hop2otel-w2", "default settings"), ("hop2otel100-w2", "100
     if base_o and oo:
         added = (oo["p50"] - base_o["p50"]) / 1000
         check(f"telemetry at {label} adds <= 0.05 ms p50 at {rate}/s", added <= 0.05, f"{added:.3f} ms")
+# Issue 15's goals: one hop against HAProxy, the mesh path against direct and two HAProxy hops.
+hac, hao = S[("haproxy", "closed")], S[("haproxy", "open")]
+if h1c and hac:
+    check("one hop's throughput >= HAProxy's (closed loop)", h1c["rps"] >= hac["rps"],
+          f"{h1c['rps']:.0f} vs {hac['rps']:.0f} calls/s")
+    c1, ch = h1c["cpu_per_1k_per_proxy"], hac["cpu_per_1k_per_proxy"]
+    if c1 and ch:
+        check("one hop's CPU per 1k calls <= HAProxy's x 1.2 (closed loop)", c1 <= ch * 1.2,
+              f"{c1:.1f} vs {ch:.1f} ms ({c1 / ch:.2f} x)")
+if h1o and hao and direct_o:
+    a1, ah = (h1o["p50"] - direct_o["p50"]) / 1000, (hao["p50"] - direct_o["p50"]) / 1000
+    check(f"one hop's added p50 at {rate}/s within 0.05 ms of HAProxy's", a1 - ah <= 0.05, f"{a1:.3f} vs {ah:.3f} ms")
+if h2c and direct_c:
+    r = h2c["rps"] / direct_c["rps"]
+    check("the mesh path >= 0.30 x direct throughput (1 worker each)", r >= 0.30, f"{r:.2f} x")
+mw, hw = S[("hop2-w1", "wide")], S[("haproxy2", "wide")]
+if mw and hw:
+    check("the mesh path's p99 at 200 in flight <= 2 x two chained HAProxy hops'", mw["p99"] <= 2 * hw["p99"],
+          f"{mw['p99'] / 1000:.2f} vs {hw['p99'] / 1000:.2f} ms ({mw['p99'] / hw['p99']:.2f} x)")
 if "gateway" in EDGE and "haproxy" in EDGE:
     g, h = EDGE["gateway"], EDGE["haproxy"]
     check("gateway TLS throughput >= HAProxy's", g["rps"] >= h["rps"], f"{g['rps']:.0f} vs {h['rps']:.0f} calls/s")
