@@ -64,13 +64,6 @@ impl From<ServiceName> for String {
     }
 }
 
-/// Maps keyed by service name can be looked up by a borrowed `&str` (the name in a request).
-impl std::borrow::Borrow<str> for ServiceName {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 /// An instance's id, unique within its service (default: host name and pid).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -86,8 +86,7 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut h2 = http2::Builder::new(MonitoredExecutor(listener.tasks.clone()));
-    h2_limits!(h2, listener.limits);
+    let h2 = sidecar_h2(listener.limits, listener.tasks.clone());
     // Each serving function holds one connection type: a sidecar's listeners never compile the
     // HTTP/1.1 path (sharing a task with it cost ~1 000 instructions per call, by callgrind).
     let connect = move |io, handler, peer, watcher: Watcher| {
@@ -147,9 +146,15 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut h2 = http2::Builder::new(MonitoredExecutor(crate::telemetry::runtime::task_monitor()));
-    h2_limits!(h2, limits);
+    let h2 = sidecar_h2(limits, crate::telemetry::runtime::task_monitor());
     h2.serve_connection(TokioIo::new(io), stream_service(handler, peer))
+}
+
+/// The HTTP/2 server of a sidecar's connections: every limit set, stream tasks instrumented.
+fn sidecar_h2(limits: H2Limits, tasks: tokio_metrics::TaskMonitor) -> http2::Builder<MonitoredExecutor> {
+    let mut h2 = http2::Builder::new(MonitoredExecutor(tasks));
+    h2_limits!(h2, limits);
+    h2
 }
 
 /// The stream service of one connection: each request is answered by the handler's future, given

@@ -179,7 +179,7 @@ impl Gateway {
         let host = host(&req);
         let state = self.state.read().clone();
         let web = web::Mode::of(req.headers());
-        let mut call = self.arrive(&state, &mut req, (&host, client), grpc, web);
+        let mut call = self.arrive(&state, &mut req, &host, client, grpc, web);
         if cors::is_preflight(&req) {
             call.routed(&Arc::from(PREFLIGHT), "*");
             let response = cors::preflight(state.document.cors.as_ref(), req.headers());
@@ -192,9 +192,8 @@ impl Gateway {
         };
         call.routed(&route.name, route.host_pattern(&host).unwrap_or("*"));
         let limits = state.document.limits_of(route);
-        let admitted = self
-            .limit(&state, route, &limits, (&req, client))
-            .and_then(|()| self.authenticate(&state, route, &mut req));
+        let admitted =
+            self.limit(&state, route, &limits, &req, client).and_then(|()| self.authenticate(&state, route, &mut req));
         match admitted {
             Ok(subject) => subject.iter().for_each(|subject| call.subject(subject)),
             Err(error) => {
@@ -258,7 +257,8 @@ impl Gateway {
         &self,
         state: &InForce,
         req: &mut Request<Incoming>,
-        (host, client): (&str, SocketAddr),
+        host: &str,
+        client: SocketAddr,
         grpc: bool,
         web: Option<web::Mode>,
     ) -> EdgeCall {
@@ -299,7 +299,8 @@ impl Gateway {
         state: &InForce,
         route: &GatewayRoute,
         limits: &Limits,
-        (req, client): (&Request<B>, SocketAddr),
+        req: &Request<B>,
+        client: SocketAddr,
     ) -> Result<(), ProxyError> {
         let telemetry = &self.outbound.telemetry;
         if let Err(refused) = state.limiter.admit(&route.name, limits, Some(client.ip())) {
