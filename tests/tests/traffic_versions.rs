@@ -97,6 +97,13 @@ async fn a_policy_written_by_hand_that_cannot_be_used_leaves_the_last_good_one_c
         async move { (who(&mut echo).await == "web-v2").then_some(()) }
     })
     .await;
+    // One call reaching v2 can be the balancer's coin before the policy arrived: the version is
+    // in force once every proxy (two web instances and the client) reports it.
+    eventually("every proxy to run version 1", Duration::from_secs(2), || async {
+        let row = status(&etcd, "web");
+        (row["version"] == 1 && row["current"] == 3).then_some(())
+    })
+    .await;
 
     // The same mistake through meshctl is refused with its line; by hand it reaches etcd.
     let bad = only("v1").replace(r#""weight":100"#, r#""weight":90"#).replace("\"routes\"", "\n\"routes\"");
