@@ -228,6 +228,9 @@ if h1o and hao and direct_o:
 if h2c and direct_c:
     r = h2c["rps"] / direct_c["rps"]
     check("the mesh path >= 0.30 x direct throughput (1 worker each)", r >= 0.30, f"{r:.2f} x")
+if tls_c and direct_c:
+    r = tls_c["rps"] / direct_c["rps"]
+    check("the mesh path over mTLS >= 0.30 x direct throughput (1 worker each)", r >= 0.30, f"{r:.2f} x")
 mw, hw = S[("hop2-w1", "wide")], S[("haproxy2", "wide")]
 if mw and hw:
     check("the mesh path's p99 at 200 in flight <= 2 x two chained HAProxy hops'", mw["p99"] <= 2 * hw["p99"],

@@ -91,10 +91,21 @@ pub fn init_logging(default_filter: &str) {
     }
 }
 
-/// A multi-threaded tokio runtime with `workers` threads named `name`; if it cannot start, says so
-/// and exits 1.
+/// A tokio runtime with `workers` threads named `name`; if it cannot start, says so and exits 1.
+///
+/// One worker is a current-thread runtime on the calling thread: the same single thread of
+/// work as a one-worker multi-threaded runtime, without its work-stealing queues and without
+/// waking a second thread.
 pub fn runtime_or_exit(workers: usize, name: &str) -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name(name).enable_all().build() {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    };
+    match builder.thread_name(name).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
