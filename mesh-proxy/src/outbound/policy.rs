@@ -92,6 +92,12 @@ impl Policies {
         parsed.clone()
     }
 
+    /// Parses the watched documents now if they changed, so that a version is in force (and
+    /// becomes the last good one) even if no call has looked it up before the next one came.
+    pub(crate) fn refresh(&self) {
+        self.parsed();
+    }
+
     /// Which revision of each destination's policy is in force, and which was rejected.
     pub(crate) fn running(&self) -> Arc<BTreeMap<String, Running>> {
         self.parsed().running.clone()

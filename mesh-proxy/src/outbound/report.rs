@@ -44,6 +44,9 @@ pub(crate) fn start(
                 changed = changes.changed() => if changed.is_err() { return },
                 () = tx.closed() => return,
             }
+            // Parsed as it arrives, not when the report is next due: a good version followed
+            // within MIN_INTERVAL by one that cannot be used is still the last good one.
+            policies.refresh();
             // At most one record write per MIN_INTERVAL, whatever the rate of policy changes: a
             // burst of applies is one write per proxy, not one per apply.
             tokio::time::sleep_until(last + MIN_INTERVAL).await;
